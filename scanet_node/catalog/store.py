@@ -1,0 +1,416 @@
+"""The catalog operations other stages call; the same code on SQLite and PostgreSQL.
+
+Each operation is one committed transaction. On SQLite the database runs in WAL
+mode with ``synchronous=FULL``, so a committed row survives a power cut, and write
+transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the
+busy timeout instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from scanet_node.catalog.models import Base, Instance, Series, SeriesState, Study
+from scanet_node.errors import CatalogError
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def utcnow() -> datetime:
+    """The current time as naive UTC, the catalog's convention."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What ingest knows of one stored instance; the input of :meth:`Catalog.record_instance`."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    received_at: datetime
+    calling_aet: str | None = None
+    patient_key: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    image_type: str | None = None
+    contrast_agent: str | None = None
+    slice_thickness: float | None = None
+    body_part_examined: str | None = None
+    instance_number: int | None = None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """What recording an instance changed, for the study-event log lines."""
+
+    new_instance: bool
+    new_study: bool
+    new_series: bool
+    reopened_series: bool
+    conflict: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """A series as the operator CLI and later stages see it."""
+
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    image_type: str | None
+    contrast_agent: str | None
+    slice_thickness: float | None
+    sop_class_uid: str | None
+    num_instances: int
+    state: str
+    calling_aet: str | None
+    first_received_at: datetime
+    last_received_at: datetime
+    settled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study with its series."""
+
+    study_instance_uid: str
+    study_date: str | None
+    study_description: str | None
+    num_instances: int
+    first_received_at: datetime
+    last_received_at: datetime
+    series: list[SeriesSummary] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SettledSeries:
+    """A series the settle sweep has just marked settled."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+    num_instances: int
+
+
+class _Conflict(Exception):
+    """Rolls back a record_instance transaction that would refile an instance."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own
+    # transaction handling would defer it and break BEGIN IMMEDIATE).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    if connection.get_execution_options().get("readonly"):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_catalog_engine(url: str) -> Engine:
+    """Create the engine for ``url``, making the SQLite file's folder if needed."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=16,
+            max_overflow=16,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
+
+
+class Catalog:
+    """The catalog: a database holding studies, series and instances.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
+    create
+        Create missing tables (the default; the node owns its schema).
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        try:
+            self.engine = create_catalog_engine(url)
+            if create:
+                Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot open catalog {self.display_url}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._dialect = self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            session.connection(execution_options={"readonly": True})
+            yield session
+
+    def _insert(self, table: Any) -> Any:
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def _greatest(self, column: Any, value: datetime) -> Any:
+        if self._dialect == "sqlite":
+            return func.max(column, value)
+        return func.greatest(column, value)
+
+    def record_instance(self, rec: InstanceRecord) -> RecordOutcome:
+        """File one stored instance: upsert its study and series, insert or refresh the row.
+
+        A duplicate SOP Instance UID in the same series refreshes the row and keeps
+        the counts. One in another series is refused (``conflict`` says why) and
+        nothing changes.
+        """
+        try:
+            return self._record_instance(rec)
+        except _Conflict as exc:
+            return RecordOutcome(False, False, False, False, conflict=str(exc))
+
+    def _record_instance(self, rec: InstanceRecord) -> RecordOutcome:
+        with self._write() as session:
+            new_study = _inserted(
+                session.execute(
+                    self._insert(Study)
+                    .values(
+                        study_instance_uid=rec.study_instance_uid,
+                        patient_key=rec.patient_key,
+                        study_date=rec.study_date,
+                        study_description=rec.study_description,
+                        num_instances=0,
+                        first_received_at=rec.received_at,
+                        last_received_at=rec.received_at,
+                    )
+                    .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+                )
+            )
+            study_id = session.scalars(
+                select(Study.id).where(Study.study_instance_uid == rec.study_instance_uid)
+            ).one()
+            new_series = _inserted(
+                session.execute(
+                    self._insert(Series)
+                    .values(
+                        study_id=study_id,
+                        series_instance_uid=rec.series_instance_uid,
+                        modality=rec.modality,
+                        sop_class_uid=rec.sop_class_uid,
+                        series_number=rec.series_number,
+                        series_description=rec.series_description,
+                        image_type=rec.image_type,
+                        contrast_agent=rec.contrast_agent,
+                        slice_thickness=rec.slice_thickness,
+                        body_part_examined=rec.body_part_examined,
+                        calling_aet=rec.calling_aet,
+                        num_instances=0,
+                        state=SeriesState.RECEIVING,
+                        first_received_at=rec.received_at,
+                        last_received_at=rec.received_at,
+                    )
+                    .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+                )
+            )
+            series_id, series_study_id, series_state = session.execute(
+                select(Series.id, Series.study_id, Series.state).where(
+                    Series.series_instance_uid == rec.series_instance_uid
+                )
+            ).one()
+            if series_study_id != study_id:
+                raise _Conflict("Series Instance UID belongs to another study")
+            existing = session.execute(
+                select(Instance.id, Instance.series_id).where(
+                    Instance.sop_instance_uid == rec.sop_instance_uid
+                )
+            ).one_or_none()
+            if existing is not None and existing.series_id != series_id:
+                raise _Conflict("SOP Instance UID belongs to another series")
+            values = {
+                "sop_class_uid": rec.sop_class_uid,
+                "transfer_syntax_uid": rec.transfer_syntax_uid,
+                "instance_number": rec.instance_number,
+                "path": rec.path,
+                "size_bytes": rec.size_bytes,
+                "calling_aet": rec.calling_aet,
+                "received_at": rec.received_at,
+            }
+            if existing is None:
+                session.execute(
+                    self._insert(Instance).values(
+                        series_id=series_id, sop_instance_uid=rec.sop_instance_uid, **values
+                    )
+                )
+            else:
+                session.execute(update(Instance).where(Instance.id == existing.id).values(**values))
+            added = int(existing is None)
+            reopened = series_state == SeriesState.SETTLED
+            session.execute(
+                update(Series)
+                .where(Series.id == series_id)
+                .values(
+                    num_instances=Series.num_instances + added,
+                    last_received_at=self._greatest(Series.last_received_at, rec.received_at),
+                    state=SeriesState.RECEIVING,
+                    settled_at=None,
+                )
+            )
+            session.execute(
+                update(Study)
+                .where(Study.id == study_id)
+                .values(
+                    num_instances=Study.num_instances + added,
+                    last_received_at=self._greatest(Study.last_received_at, rec.received_at),
+                )
+            )
+        return RecordOutcome(existing is None, new_study, new_series, reopened)
+
+    def settle_series(
+        self, settle_seconds: float, now: datetime | None = None
+    ) -> list[SettledSeries]:
+        """Mark settled every receiving series quiet for ``settle_seconds``; return them."""
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=settle_seconds)
+        with self._write() as session:
+            rows = session.execute(
+                select(
+                    Series.id,
+                    Study.study_instance_uid,
+                    Series.series_instance_uid,
+                    Series.modality,
+                    Series.num_instances,
+                )
+                .join(Study, Study.id == Series.study_id)
+                .where(Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if rows:
+                session.execute(
+                    update(Series)
+                    .where(Series.id.in_([r.id for r in rows]))
+                    .values(state=SeriesState.SETTLED, settled_at=now)
+                )
+        return [SettledSeries(r[1], r[2], r[3], r[4]) for r in rows]
+
+    def list_studies(self) -> list[StudySummary]:
+        """Every study with its series, most recently received first."""
+        with self._read() as session:
+            studies = session.scalars(
+                select(Study)
+                .options(selectinload(Study.series))
+                .order_by(Study.last_received_at.desc())
+            ).all()
+            return [_study_summary(s) for s in studies]
+
+    def get_study(self, study_instance_uid: str) -> StudySummary | None:
+        """One study with its series, or None."""
+        with self._read() as session:
+            study = session.scalars(
+                select(Study)
+                .options(selectinload(Study.series))
+                .where(Study.study_instance_uid == study_instance_uid)
+            ).one_or_none()
+            return None if study is None else _study_summary(study)
+
+    def instance_paths(self, series_instance_uid: str) -> list[str]:
+        """Spool-relative paths of a series' instances, in the order they were filed."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(Instance.path)
+                    .join(Series, Series.id == Instance.series_id)
+                    .where(Series.series_instance_uid == series_instance_uid)
+                    .order_by(Instance.id)
+                )
+            )
+
+    def count_instances(self) -> int:
+        """How many instances the catalog holds."""
+        with self._read() as session:
+            return session.scalar(select(func.count(Instance.id))) or 0
+
+
+def _inserted(result: Any) -> bool:
+    """Whether an INSERT ... ON CONFLICT DO NOTHING inserted its row."""
+    return bool(result.rowcount)
+
+
+def _study_summary(study: Study) -> StudySummary:
+    return StudySummary(
+        study_instance_uid=study.study_instance_uid,
+        study_date=study.study_date,
+        study_description=study.study_description,
+        num_instances=study.num_instances,
+        first_received_at=study.first_received_at,
+        last_received_at=study.last_received_at,
+        series=[
+            SeriesSummary(
+                series_instance_uid=s.series_instance_uid,
+                modality=s.modality,
+                series_number=s.series_number,
+                series_description=s.series_description,
+                image_type=s.image_type,
+                contrast_agent=s.contrast_agent,
+                slice_thickness=s.slice_thickness,
+                sop_class_uid=s.sop_class_uid,
+                num_instances=s.num_instances,
+                state=str(s.state),
+                calling_aet=s.calling_aet,
+                first_received_at=s.first_received_at,
+                last_received_at=s.last_received_at,
+                settled_at=s.settled_at,
+            )
+            for s in study.series
+        ],
+    )

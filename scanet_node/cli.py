@@ -1,0 +1,189 @@
+"""``scanet-node``: the command line. Thin: parse, load the settings, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from scanet_node import __version__
+from scanet_node.errors import ScanetError
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom's own INFO lines repeat what our association lines say.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+    from scanet_node.config import load_settings
+
+    return load_settings(args.config, overrides=overrides)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds") + "Z"
+    return str(value)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, default=_json_default, indent=2))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    node: dict[str, Any] = {}
+    if args.host is not None:
+        node["host"] = args.host
+    if args.port is not None:
+        node["port"] = args.port
+    if args.data_dir is not None:
+        node["data_dir"] = args.data_dir
+    settings = _load(args, {"node": node})
+    _configure_logging(settings.logging.level)
+    from scanet_node.service import serve
+
+    serve(settings)
+    return 0
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=args.aet)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = args.timeout
+    assoc = ae.associate(args.host, args.port, ae_title=args.called_aet)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "could not be established"
+        print(f"echo {args.host}:{args.port} as {args.aet}: association {why}", file=sys.stderr)
+        return 1
+    status = assoc.send_c_echo()
+    assoc.release()
+    if status and status.Status == 0x0000:
+        print(f"echo {args.host}:{args.port} ({args.called_aet}): success")
+        return 0
+    code = f"0x{status.Status:04X}" if status else "no response"
+    print(f"echo {args.host}:{args.port}: failed ({code})", file=sys.stderr)
+    return 1
+
+
+def _open_catalog(args: argparse.Namespace) -> Any:
+    from scanet_node.catalog import Catalog
+
+    settings = _load(args)
+    return Catalog(settings.catalog_url)
+
+
+def _study_lines(study: Any) -> list[str]:
+    lines = [
+        f"{study.study_instance_uid}  {study.study_date or '-':8}  "
+        f"{study.num_instances} instances  last received {_json_default(study.last_received_at)}"
+    ]
+    for s in study.series:
+        lines.append(
+            f"  {s.series_number if s.series_number is not None else '-':>4} "
+            f"{s.modality or '-':3} {s.state:9} {s.num_instances:5}  "
+            f"{s.series_description or ''!s:30}  {s.series_instance_uid}"
+        )
+    return lines
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
+    catalog = _open_catalog(args)
+    try:
+        studies = catalog.list_studies()
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json([dataclasses.asdict(s) for s in studies])
+    elif not studies:
+        print("no studies")
+    else:
+        for study in studies:
+            print("\n".join(_study_lines(study)))
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    catalog = _open_catalog(args)
+    try:
+        study = catalog.get_study(args.uid)
+    finally:
+        catalog.close()
+    if study is None:
+        print(f"no study with Study Instance UID {args.uid}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(dataclasses.asdict(study))
+    else:
+        print("\n".join(_study_lines(study)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``scanet-node``."""
+    parser = argparse.ArgumentParser(
+        prog="scanet-node",
+        description="A DICOM node that predicts recanalization after thrombectomy (SCANet).",
+    )
+    parser.add_argument("--version", action="version", version=f"scanet-node {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML settings file (default: ./config.toml if present, else built-in defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the DICOM listener and the scheduler")
+    serve.add_argument("--host", help="override [node] host")
+    serve.add_argument("--port", type=int, help="override [node] port")
+    serve.add_argument("--data-dir", help="override [node] data_dir")
+    serve.set_defaults(func=_cmd_serve)
+
+    echo = sub.add_parser("echo", help="send a C-ECHO to a DICOM peer")
+    echo.add_argument("host")
+    echo.add_argument("port", type=int)
+    echo.add_argument("--aet", default="SCANET", help="our calling AE title (default SCANET)")
+    echo.add_argument(
+        "--called-aet", default="ANY-SCP", help="the peer's AE title (default ANY-SCP)"
+    )
+    echo.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    echo.set_defaults(func=_cmd_echo)
+
+    studies = sub.add_parser("studies", help="list the catalogued studies and their series")
+    studies.add_argument("--json", action="store_true", help="machine-readable output")
+    studies.set_defaults(func=_cmd_studies)
+
+    study = sub.add_parser("study", help="show one study")
+    study.add_argument("uid", help="Study Instance UID")
+    study.add_argument("--json", action="store_true", help="machine-readable output")
+    study.set_defaults(func=_cmd_study)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scanet-node`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ScanetError as exc:
+        print(f"scanet-node: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

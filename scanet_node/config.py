@@ -1,0 +1,284 @@
+"""Typed settings, loaded from TOML and validated once at start-up.
+
+Precedence, highest first: command-line overrides, environment variables
+(``SCANET__SECTION__KEY=value``, for example ``SCANET__NODE__PORT=11113``), the
+TOML file, the defaults below. ``config.example.toml`` documents every key.
+This is the only module that reads configuration files or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scanet_node.errors import ConfigError
+
+ENV_PREFIX = "SCANET__"
+DEFAULT_CONFIG_FILE = Path("config.toml")
+
+# PS3.5 6.2: AE is up to 16 characters of the default character repertoire, no
+# backslash or control characters; leading and trailing spaces are not significant.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)"
+        )
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Section):
+    """``[node]``: how the DICOM listener presents itself and where it keeps data."""
+
+    ae_title: str = "SCANET"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    data_dir: Path = Path("scanet-data")
+    max_associations: int = Field(default=8, ge=1, le=256)
+    min_free_disk_mb: int = Field(default=512, ge=0)
+    max_pdu_size: int = Field(default=0, ge=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (use 0.0.0.0 to listen on every interface)")
+        return value.strip()
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received instances are kept."""
+        return self.data_dir / "spool"
+
+
+class SecuritySettings(_Section):
+    """``[security]``: who may connect, and TLS."""
+
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _valid_aets(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SecuritySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ValueError(f"{missing} is required when the other of tls_cert/tls_key is set")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca (client certificate check) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: file {str(path)!r} does not exist")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the listener speaks DICOM over TLS."""
+        return self.tls_cert is not None
+
+
+class CatalogSettings(_Section):
+    """``[catalog]``: the database; empty ``url`` means SQLite under ``data_dir``."""
+
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError(
+                f"{value!r} is not a supported database URL "
+                "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+            )
+        return value
+
+
+class PipelineSettings(_Section):
+    """``[pipeline]``: timing of the hand-over from ingest to analysis."""
+
+    series_settle_seconds: float = Field(default=10.0, gt=0, le=86400)
+
+    @property
+    def settle_sweep_seconds(self) -> float:
+        """How often the settle sweep runs: often enough to add at most ~1 s of delay."""
+        return max(0.2, min(1.0, self.series_settle_seconds / 4))
+
+
+class Destination(_Section):
+    """``[[destinations]]``: a DICOM peer that receives our results."""
+
+    name: str = Field(min_length=1)
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class LoggingSettings(_Section):
+    """``[logging]``: the level of the node's own log lines."""
+
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+
+class Settings(_Section):
+    """All of scanet-node's settings."""
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def catalog_url(self) -> str:
+        """The SQLAlchemy URL of the catalog, with the SQLite default filled in."""
+        if self.catalog.url:
+            return self.catalog.url
+        return f"sqlite:///{(self.node.data_dir / 'catalog.sqlite').resolve()}"
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Read an environment value as a TOML value where it is one, else as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"environment variable {name}: expected {ENV_PREFIX}SECTION__KEY, "
+                f"for example {ENV_PREFIX}NODE__PORT"
+            )
+        out.setdefault(parts[0], {})[parts[1]] = _parse_env_value(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _key_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "(top level)"
+    if loc[0] == "destinations" and len(loc) > 1:
+        rest = ".".join(str(p) for p in loc[2:])
+        return f"[[destinations]] #{int(loc[1]) + 1}" + (f" {rest}" if rest else "")
+    if len(loc) == 1:
+        return f"[{loc[0]}]" if loc[0] in Settings.model_fields else str(loc[0])
+    return f"[{loc[0]}] " + ".".join(str(p) for p in loc[1:])
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in item and not isinstance(item["input"], dict | list):
+            msg += f" (got {item['input']!r})"
+        lines.append(f"  {_key_name(tuple(item['loc']))}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Load and validate the settings.
+
+    Parameters
+    ----------
+    path
+        A TOML file. ``None`` means ``./config.toml`` when it exists, else defaults only.
+    environ
+        Environment to read ``SCANET__SECTION__KEY`` overrides from (default ``os.environ``).
+    overrides
+        Values from the command line, by section, applied last.
+
+    Raises
+    ------
+    ConfigError
+        With every invalid key named and the reason.
+    """
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"configuration file {str(path)!r} cannot be read: {exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"configuration file {str(path)!r} is not valid TOML: {exc}"
+            ) from None
+    env = _env_overrides(os.environ if environ is None else environ)
+    if env:
+        source += " + environment"
+    data = _merge(data, env)
+    if overrides:
+        data = _merge(data, {k: dict(v) for k, v in overrides.items() if v})
+        source += " + command line"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

@@ -1,0 +1,3 @@
+"""The DICOM listener and the spool."""
+
+from __future__ import annotations

@@ -1,0 +1,224 @@
+"""The DICOM event handlers: C-ECHO, C-STORE and the association log lines.
+
+The C-STORE handler does the minimum: validate the identifying UIDs, write the
+bytes durably, commit one catalog row, answer. It never raises: every failure
+is its own DICOM status with an Error Comment naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from scanet_node.catalog import Catalog, InstanceRecord, utcnow
+from scanet_node.errors import IngestError
+from scanet_node.ingest.parse import decode_elements, identify
+from scanet_node.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_CONFLICT = 0xC222
+STATUS_PROCESSING_FAILURE = 0xC211
+
+
+def failure(status: int, reason: str) -> Dataset:
+    """A C-STORE response status with its Error Comment (LO, at most 64 characters)."""
+    rsp = Dataset()
+    rsp.Status = status
+    rsp.ErrorComment = reason[:64]
+    return rsp
+
+
+@dataclass
+class _AssociationStats:
+    calling_aet: str
+    address: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    failed: int = 0
+    outcome: str = "closed"
+
+
+class StoreService:
+    """The listener's event handlers, bound to one catalog and one spool."""
+
+    def __init__(self, catalog: Catalog, spool: Spool) -> None:
+        self.catalog = catalog
+        self.spool = spool
+        self._stats: dict[Any, _AssociationStats] = {}
+        self._lock = threading.Lock()
+
+    # -- association events ------------------------------------------------
+    def handle_accepted(self, event: Any) -> None:
+        """Start counting for a new association."""
+        peer = event.assoc.requestor
+        with self._lock:
+            self._stats[event.assoc] = _AssociationStats(
+                peer.ae_title, f"{peer.address}:{peer.port}"
+            )
+
+    def handle_released(self, event: Any) -> None:
+        """Note that the association ended with an A-RELEASE."""
+        self._set_outcome(event.assoc, "released")
+
+    def handle_aborted(self, event: Any) -> None:
+        """Note that the association ended with an A-ABORT."""
+        self._set_outcome(event.assoc, "aborted")
+
+    def _set_outcome(self, assoc: Any, outcome: str) -> None:
+        with self._lock:
+            stats = self._stats.get(assoc)
+            if stats is not None:
+                stats.outcome = outcome
+
+    def handle_conn_close(self, event: Any) -> None:
+        """Write the association's one log line."""
+        with self._lock:
+            stats = self._stats.pop(event.assoc, None)
+        if stats is None:
+            return
+        logger.info(
+            "association from %s (%s) %s after %.1f s: %d stored, %d failed",
+            stats.calling_aet,
+            stats.address,
+            stats.outcome,
+            time.monotonic() - stats.started,
+            stats.stored,
+            stats.failed,
+            extra={"calling_aet": stats.calling_aet},
+        )
+
+    def handle_rejected(self, event: Any) -> None:
+        """Log a refused association and the reason."""
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title
+        allowed = [a.strip() for a in assoc.ae.require_calling_aet]
+        if allowed and calling not in allowed:
+            reason = "calling AE title not allowed"
+        elif assoc.ae.require_called_aet and assoc.requestor.primitive.called_ae_title != (
+            assoc.acceptor.ae_title.strip()
+        ):
+            reason = f"called AE title {assoc.requestor.primitive.called_ae_title!r} is not ours"
+        else:
+            reason = "too many associations"
+        logger.warning(
+            "association from %s (%s:%s) rejected: %s",
+            calling,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            reason,
+            extra={"calling_aet": calling},
+        )
+
+    # -- DIMSE services ----------------------------------------------------
+    def handle_echo(self, event: Any) -> int:
+        """C-ECHO: always success."""
+        return STATUS_SUCCESS
+
+    def handle_store(self, event: Any) -> int | Dataset:
+        """C-STORE: keep the instance durably and catalogue it, or answer why not."""
+        try:
+            status = self._store(event)
+        except Exception:
+            logger.exception("unexpected failure while storing an instance")
+            status = failure(STATUS_PROCESSING_FAILURE, "Processing failure in the node")
+        with self._lock:
+            stats = self._stats.get(event.assoc)
+            if stats is not None:
+                if status == STATUS_SUCCESS:
+                    stats.stored += 1
+                else:
+                    stats.failed += 1
+        return status
+
+    def _store(self, event: Any) -> int | Dataset:
+        request = event.request
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            dataset = decode_elements(event.encoded_dataset(include_meta=False), transfer_syntax)
+            ident = identify(dataset, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID)
+        except IngestError as exc:
+            logger.warning(
+                "refused instance %s: %s (0x%04X)",
+                request.AffectedSOPInstanceUID,
+                exc.reason,
+                exc.status,
+            )
+            return failure(exc.status, exc.reason)
+
+        relative = self.spool.relative_path(
+            ident.study_instance_uid, ident.series_instance_uid, ident.sop_instance_uid
+        )
+        try:
+            size = self.spool.write(relative, event.encoded_dataset())
+        except IngestError as exc:
+            return failure(exc.status, exc.reason)
+
+        calling_aet = event.assoc.requestor.ae_title
+        record = InstanceRecord(
+            study_instance_uid=ident.study_instance_uid,
+            series_instance_uid=ident.series_instance_uid,
+            sop_instance_uid=ident.sop_instance_uid,
+            sop_class_uid=ident.sop_class_uid,
+            transfer_syntax_uid=transfer_syntax,
+            path=relative,
+            size_bytes=size,
+            received_at=utcnow(),
+            calling_aet=calling_aet,
+            patient_key=ident.patient_key,
+            study_date=ident.study_date,
+            study_description=ident.study_description,
+            modality=ident.modality,
+            series_number=ident.series_number,
+            series_description=ident.series_description,
+            image_type=ident.image_type,
+            contrast_agent=ident.contrast_agent,
+            slice_thickness=ident.slice_thickness,
+            body_part_examined=ident.body_part_examined,
+            instance_number=ident.instance_number,
+        )
+        try:
+            outcome = self.catalog.record_instance(record)
+        except Exception:
+            # The file stays; it is harmless and the peer will send again.
+            logger.exception("catalog commit failed for instance %s", ident.sop_instance_uid)
+            return failure(STATUS_OUT_OF_RESOURCES, "Out of resources: catalog unavailable")
+        if outcome.conflict:
+            self.spool.discard(relative)
+            logger.warning("refused instance %s: %s", ident.sop_instance_uid, outcome.conflict)
+            return failure(STATUS_CONFLICT, outcome.conflict)
+
+        context = {
+            "study_uid": ident.study_instance_uid,
+            "series_uid": ident.series_instance_uid,
+        }
+        if outcome.new_study:
+            logger.info(
+                "study %s: first instance received from %s",
+                ident.study_instance_uid,
+                calling_aet,
+                extra=context,
+            )
+        if outcome.new_series:
+            logger.info(
+                "study %s: new series %s (%s, %r)",
+                ident.study_instance_uid,
+                ident.series_instance_uid,
+                ident.modality,
+                ident.series_description,
+                extra=context,
+            )
+        elif outcome.reopened_series:
+            logger.info(
+                "study %s: settled series %s receives instances again",
+                ident.study_instance_uid,
+                ident.series_instance_uid,
+                extra=context,
+            )
+        return STATUS_SUCCESS

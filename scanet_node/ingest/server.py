@@ -1,0 +1,166 @@
+"""The DICOM listener: a pynetdicom AE with Verification and Storage SCP.
+
+Association policy: the called AE title must be ours; when
+``[security] allowed_calling_aets`` is set, only those calling AE titles get in.
+Every storage SOP class is accepted in the transfer syntaxes scanners and PACS
+send; instances are kept in the transfer syntax they arrived in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from typing import Any
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from scanet_node.config import Settings
+from scanet_node.ingest.handlers import StoreService
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted as SCP, in order of preference when a peer offers several
+#: in one presentation context (pynetdicom takes the peer's order; this is the set).
+ACCEPTED_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context from ``[security]``, or None when TLS is off."""
+    sec = settings.security
+    if sec.tls_cert is None or sec.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(sec.tls_cert), str(sec.tls_key))
+    if sec.tls_ca is not None:
+        context.load_verify_locations(cafile=str(sec.tls_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _set_nodelay(event: Any) -> None:
+    # The C-STORE response is a small write; without TCP_NODELAY it can wait
+    # for the peer's delayed ACK (tens of ms per instance on loopback).
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Listener:
+    """The running DICOM listener.
+
+    Parameters
+    ----------
+    settings
+        The node's settings (``[node]``, ``[security]``).
+    service
+        The event handlers that file what arrives.
+    """
+
+    def __init__(self, settings: Settings, service: StoreService) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        # Our own handlers write the log lines; pynetdicom's standard ones are noise.
+        _config.LOG_HANDLER_LEVEL = "none"
+        self.settings = settings
+        self.service = service
+        ae = AE(ae_title=settings.node.ae_title)
+        ae.maximum_associations = settings.node.max_associations
+        ae.maximum_pdu_size = settings.node.max_pdu_size
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(settings.security.allowed_calling_aets)
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:3])
+        self.ae = ae
+        self._handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_C_ECHO, service.handle_echo),
+            (evt.EVT_C_STORE, service.handle_store),
+            (evt.EVT_ACCEPTED, service.handle_accepted),
+            (evt.EVT_RELEASED, service.handle_released),
+            (evt.EVT_ABORTED, service.handle_aborted),
+            (evt.EVT_CONN_CLOSE, service.handle_conn_close),
+            (evt.EVT_REJECTED, service.handle_rejected),
+        ]
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port the listener is bound to (the real port when 0 was asked)."""
+        if self._server is None:
+            raise RuntimeError("the listener is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in background threads; return the bound address."""
+        node = self.settings.node
+        self._server = self.ae.start_server(
+            (node.host, node.port),
+            block=False,
+            ssl_context=build_ssl_context(self.settings),
+            evt_handlers=self._handlers,
+        )
+        return self.address
+
+    def active_associations(self) -> int:
+        """How many associations are open now."""
+        return len(self.ae.active_associations)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop accepting, let open associations finish for ``grace_seconds``, abort the rest."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        # Stop accepting first (end the accept loop, close the listening socket)
+        # while the open associations, each in its own thread, carry on.
+        socketserver.BaseServer.shutdown(server)
+        server.server_close()
+        deadline = time.monotonic() + grace_seconds
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = self.ae.active_associations
+        for assoc in remaining:
+            assoc.abort()
+        if remaining:
+            logger.warning("aborted %d association(s) still open at shutdown", len(remaining))
+        if server in self.ae._servers:
+            self.ae._servers.remove(server)

@@ -1,0 +1,141 @@
+"""The spool: received instances, each written whole and durably before it is catalogued.
+
+A file is written under ``.tmp/``, fsynced, renamed into
+``<study>/<series>/<sop>.dcm`` and its folder fsynced, so after a crash a path
+either holds a complete instance or does not exist. Paths are built from
+validated UIDs only (:func:`scanet_node.ingest.uids.check_uid`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from scanet_node.errors import IngestError
+from scanet_node.ingest.uids import check_uid
+
+logger = logging.getLogger(__name__)
+
+STATUS_OUT_OF_RESOURCES = 0xA700
+TMP_DIR = ".tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable file storage for received instances.
+
+    Parameters
+    ----------
+    root
+        The spool folder (created if missing).
+    min_free_bytes
+        Refuse a write that would leave less free space than this on the spool's
+        file system, so the disk never fills up under the catalog.
+    """
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root).resolve()
+        self.min_free_bytes = min_free_bytes
+        self._tmp = self.root / TMP_DIR
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._ready_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by a crash; return how many there were."""
+        removed = 0
+        for leftover in self._tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    @staticmethod
+    def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """The spool-relative path of an instance, from its (re-validated) UIDs."""
+        parts = (
+            check_uid(study_uid, "StudyInstanceUID"),
+            check_uid(series_uid, "SeriesInstanceUID"),
+            check_uid(sop_uid, "SOPInstanceUID") + ".dcm",
+        )
+        return "/".join(parts)
+
+    def path(self, relative: str) -> Path:
+        """The absolute path of a spool-relative path."""
+        return self.root / relative
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's file system, as an unprivileged writer sees it."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Make ``folder`` and its parents below the root, fsyncing each new entry."""
+        if folder in self._ready_dirs:
+            return
+        with self._dirs_lock:
+            current = self.root
+            for part in folder.relative_to(self.root).parts:
+                parent, current = current, current / part
+                if current in self._ready_dirs:
+                    continue
+                if not current.is_dir():
+                    current.mkdir(exist_ok=True)
+                    _fsync_dir(parent)
+                self._ready_dirs.add(current)
+
+    def write(self, relative: str, data: bytes) -> int:
+        """Write ``data`` durably at ``relative``, replacing any earlier file there.
+
+        Raises
+        ------
+        IngestError
+            With status 0xA700 when the disk is (nearly) full or the spool cannot
+            be written; no partial file remains.
+        """
+        if self.min_free_bytes and self.free_bytes() - len(data) < self.min_free_bytes:
+            raise IngestError(STATUS_OUT_OF_RESOURCES, "Out of resources: spool disk nearly full")
+        target = self.root / relative
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._ensure_dir(target.parent)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            # A folder removed behind our back must be made again next time.
+            self._ready_dirs.discard(target.parent)
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                reason = f"Out of resources: spool disk full ({name})"
+            else:
+                reason = f"Out of resources: cannot write spool ({name})"
+            logger.error("spool write failed: %s", reason)
+            raise IngestError(STATUS_OUT_OF_RESOURCES, reason) from exc
+        return len(data)
+
+    def discard(self, relative: str) -> None:
+        """Remove a file written for an instance that was then refused."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / relative).unlink()
