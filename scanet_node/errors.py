@@ -15,6 +15,10 @@ class CatalogError(ScanetError):
     """The catalog could not be opened or updated."""
 
 
+class SpoolError(ScanetError):
+    """The spool folder cannot be used."""
+
+
 class IngestError(ScanetError):
     """An instance could not be accepted; carries the DICOM status to answer with."""
 

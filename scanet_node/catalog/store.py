@@ -173,7 +173,7 @@ class Catalog:
             self.engine = create_catalog_engine(url)
             if create:
                 Base.metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise CatalogError(f"cannot open catalog {self.display_url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._dialect = self.engine.dialect.name

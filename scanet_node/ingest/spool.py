@@ -16,7 +16,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from scanet_node.errors import IngestError
+from scanet_node.errors import IngestError, SpoolError
 from scanet_node.ingest.uids import check_uid
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,10 @@ class Spool:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_bytes
         self._tmp = self.root / TMP_DIR
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool folder {self.root}: {exc.strerror}") from exc
         self._ready_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
 

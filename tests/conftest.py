@@ -1,0 +1,63 @@
+"""Shared fixtures: an in-process node on a free port with its data in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanet_node.config import Settings, load_settings
+from scanet_node.service import Node
+
+NodeFactory = Callable[..., Node]
+
+
+def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings for a test node: port 0 on 127.0.0.1, data in ``data_dir``, no low-disk guard."""
+    overrides: dict[str, dict[str, Any]] = {
+        "node": {"host": "127.0.0.1", "port": 0, "data_dir": str(data_dir), "min_free_disk_mb": 0},
+        "pipeline": {"series_settle_seconds": 30},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_settings(None, environ={}, overrides=overrides)
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start nodes on demand; every node started is stopped at teardown."""
+    nodes: list[Node] = []
+
+    def start(data_dir: Path | None = None, **sections: dict[str, Any]) -> Node:
+        node = Node(make_settings(data_dir or tmp_path / f"node{len(nodes)}", **sections))
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop(grace_seconds=2)
+
+
+@pytest.fixture
+def node(node_factory: NodeFactory) -> Node:
+    """A running node with default settings."""
+    return node_factory()
+
+
+def dcmtk(tool: str) -> str:
+    """The path of a DCMTK tool (pynetdicom installs Python look-alikes on PATH)."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        path = Path(folder) / tool
+        if path.exists():
+            out = subprocess.run(
+                [str(path), "--version"], capture_output=True, text=True, check=False
+            )
+            if "dcmtk" in (out.stdout + out.stderr).lower():
+                return str(path)
+    found = shutil.which(tool)
+    raise RuntimeError(f"DCMTK's {tool} is not installed (found {found}); apt-get install dcmtk")

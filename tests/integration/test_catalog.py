@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from scanet_node.catalog import Catalog, InstanceRecord, utcnow
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    yield cat
+    cat.close()
+
+
+def record(
+    study: str, series: str, sop: str | None = None, at: datetime | None = None, **extra: object
+) -> InstanceRecord:
+    sop = sop or generate_uid()
+    return InstanceRecord(
+        study_instance_uid=study,
+        series_instance_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"{study}/{series}/{sop}.dcm",
+        size_bytes=100,
+        received_at=at or utcnow(),
+        calling_aet="CT01",
+        modality="CT",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(catalog: Catalog) -> None:
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_record_instances_and_summaries(catalog: Catalog) -> None:
+    study, s1, s2 = generate_uid(), generate_uid(), generate_uid()
+    first = catalog.record_instance(
+        record(study, s1, series_description="NCCT", slice_thickness=5.0, series_number=2)
+    )
+    assert first.new_instance and first.new_study and first.new_series
+    second = catalog.record_instance(record(study, s1))
+    assert second.new_instance and not second.new_study and not second.new_series
+    catalog.record_instance(record(study, s2, contrast_agent="Iohexol", image_type="ORIGINAL"))
+    summary = catalog.get_study(study)
+    assert summary is not None
+    assert summary.num_instances == 3
+    by_uid = {s.series_instance_uid: s for s in summary.series}
+    assert by_uid[s1].num_instances == 2
+    assert by_uid[s1].series_description == "NCCT"
+    assert by_uid[s1].slice_thickness == 5.0
+    assert by_uid[s2].contrast_agent == "Iohexol"
+    assert by_uid[s1].state == "receiving"
+    assert by_uid[s1].calling_aet == "CT01"
+    assert [s.study_instance_uid for s in catalog.list_studies()] == [study]
+    assert catalog.get_study(generate_uid()) is None
+    assert catalog.count_instances() == 3
+
+
+def test_duplicate_instance_is_idempotent(catalog: Catalog) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    catalog.record_instance(record(study, series, sop))
+    again = catalog.record_instance(record(study, series, sop))
+    assert not again.new_instance and again.conflict is None
+    summary = catalog.get_study(study)
+    assert summary is not None and summary.num_instances == 1
+    assert summary.series[0].num_instances == 1
+    assert catalog.count_instances() == 1
+
+
+def test_instance_refiled_under_another_series_is_refused(catalog: Catalog) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    catalog.record_instance(record(study, series, sop))
+    moved = catalog.record_instance(record(study, generate_uid(), sop))
+    assert moved.conflict == "SOP Instance UID belongs to another series"
+    # The refused attempt left nothing behind: still one series, one instance.
+    summary = catalog.get_study(study)
+    assert summary is not None and len(summary.series) == 1
+    other_study = catalog.record_instance(record(generate_uid(), series))
+    assert other_study.conflict == "Series Instance UID belongs to another study"
+    assert len(catalog.list_studies()) == 1
+
+
+def test_settle_sweep(catalog: Catalog) -> None:
+    study, quiet, busy = generate_uid(), generate_uid(), generate_uid()
+    now = utcnow()
+    catalog.record_instance(record(study, quiet, at=now - timedelta(seconds=30)))
+    catalog.record_instance(record(study, busy, at=now - timedelta(seconds=2)))
+    settled = catalog.settle_series(10, now=now)
+    assert [s.series_instance_uid for s in settled] == [quiet]
+    assert settled[0].study_instance_uid == study and settled[0].num_instances == 1
+    assert catalog.settle_series(10, now=now) == []
+    states = {s.series_instance_uid: s.state for s in catalog.get_study(study).series}  # type: ignore[union-attr]
+    assert states == {quiet: "settled", busy: "receiving"}
+    # A late instance reopens a settled series.
+    late = catalog.record_instance(record(study, quiet, at=now))
+    assert late.reopened_series
+    summary = catalog.get_study(study)
+    assert summary is not None
+    assert {s.state for s in summary.series} == {"receiving"}
+    assert all(s.settled_at is None for s in summary.series)
+
+
+def test_out_of_order_times_keep_the_latest(catalog: Catalog) -> None:
+    study, series = generate_uid(), generate_uid()
+    now = utcnow()
+    catalog.record_instance(record(study, series, at=now))
+    catalog.record_instance(record(study, series, at=now - timedelta(seconds=60)))
+    summary = catalog.get_study(study)
+    assert summary is not None and summary.series[0].last_received_at == now
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    catalogs = [Catalog(url) for _ in range(2)]  # two engines, as two processes would have
+    study = generate_uid()
+    series = [generate_uid() for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def send(i: int) -> None:
+        try:
+            for _ in range(50):
+                catalogs[i % 2].record_instance(record(study, series[i]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    summary = catalogs[0].get_study(study)
+    assert summary is not None and summary.num_instances == 200
+    assert sorted(s.num_instances for s in summary.series) == [50] * 4
+    for c in catalogs:
+        c.close()
+
+
+def test_unopenable_catalog_is_a_catalog_error(tmp_path: Path) -> None:
+    from scanet_node.errors import CatalogError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CatalogError, match="cannot open catalog"):
+        Catalog(f"sqlite:///{blocker}/sub/c.sqlite")
