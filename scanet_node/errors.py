@@ -19,6 +19,10 @@ class SpoolError(ScanetError):
     """The spool folder cannot be used."""
 
 
+class ListenerError(ScanetError):
+    """The DICOM listener cannot start (address in use, bad TLS files, ...)."""
+
+
 class IngestError(ScanetError):
     """An instance could not be accepted; carries the DICOM status to answer with."""
 

@@ -36,7 +36,11 @@ class Node:
         removed = self.spool.remove_partial_files()
         if removed:
             logger.warning("removed %d partial file(s) left by an earlier stop", removed)
-        address = self.listener.start()
+        try:
+            address = self.listener.start()
+        except Exception:
+            self.catalog.close()
+            raise
         self.scheduler.start()
         return address
 

@@ -34,26 +34,29 @@ from pydicom.uid import (
 )
 
 from scanet_node.config import Settings
+from scanet_node.errors import ListenerError
 from scanet_node.ingest.handlers import StoreService
 
 logger = logging.getLogger(__name__)
 
-#: Transfer syntaxes accepted as SCP, in order of preference when a peer offers several
-#: in one presentation context (pynetdicom takes the peer's order; this is the set).
+#: Transfer syntaxes accepted as SCP. pynetdicom accepts, in each presentation
+#: context, the first of these that the peer proposes, so the order is our
+#: preference: lossless compressed (smaller, nothing lost), then uncompressed,
+#: then lossy only when that is all a peer offers. What arrives is kept as is.
 ACCEPTED_TRANSFER_SYNTAXES = [
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
     JPEGLSNearLossless,
-    JPEG2000Lossless,
     JPEG2000,
-    RLELossless,
 ]
 
 
@@ -106,7 +109,7 @@ class Listener:
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
                 ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:3])
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae = ae
         self._handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
@@ -132,12 +135,21 @@ class Listener:
     def start(self) -> tuple[str, int]:
         """Bind and serve in background threads; return the bound address."""
         node = self.settings.node
-        self._server = self.ae.start_server(
-            (node.host, node.port),
-            block=False,
-            ssl_context=build_ssl_context(self.settings),
-            evt_handlers=self._handlers,
-        )
+        try:
+            ssl_context = build_ssl_context(self.settings)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenerError(f"cannot load the TLS certificate or key: {exc}") from exc
+        try:
+            self._server = self.ae.start_server(
+                (node.host, node.port),
+                block=False,
+                ssl_context=ssl_context,
+                evt_handlers=self._handlers,
+            )
+        except OSError as exc:
+            raise ListenerError(
+                f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc}"
+            ) from exc
         return self.address
 
     def active_associations(self) -> int:

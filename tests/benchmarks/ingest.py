@@ -783,6 +783,8 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Result]:
     kinds.append(NodeReceiver)
     results: dict[str, Result] = {}
     for kind in kinds:
+        # Start each receiver with no dirty pages of earlier writes left to flush.
+        os.sync()
         receiver = kind(scratch / "receivers", scratch / "logs")
         print(f"{receiver.name}: starting", flush=True)
         try:
@@ -800,22 +802,24 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Result]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # A SIGTERM unwinds through the finally blocks that stop the receivers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM unwinds like Ctrl-C, through the finally blocks that stop the receivers.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     scratch = Path(tempfile.mkdtemp(prefix="scanet-bench-"))
-    failed = True
     try:
         _check_tools(args.skip_orthanc)
         results = run(args, scratch)
-        failed = False
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+    except (BenchmarkError, KeyboardInterrupt) as exc:
+        why = str(exc) if isinstance(exc, BenchmarkError) else "interrupted"
+        print(f"benchmark failed: {why}", file=sys.stderr)
+        # Keep the (small) logs; the series and the received images go.
+        shutil.rmtree(scratch / "series", ignore_errors=True)
+        shutil.rmtree(scratch / "receivers", ignore_errors=True)
         print(f"logs kept under {scratch / 'logs'}", file=sys.stderr)
         return 1
-    finally:
-        # Keep the (small) logs of a failed run; the series and stored images go.
-        for leftover in ("series", "receivers") if failed else ("",):
-            shutil.rmtree(scratch / leftover, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    shutil.rmtree(scratch, ignore_errors=True)
     report(results, args.images, args.size, args.repeats)
     return 0
 

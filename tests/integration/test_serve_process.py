@@ -1,0 +1,203 @@
+"""``scanet-node serve`` as the administrator runs it: a real process, signals, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from scanet_node.catalog import Catalog
+
+CLI = [sys.executable, "-m", "scanet_node"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+class ServeProcess:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [
+                *CLI,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SCANET__NODE__MIN_FREE_DISK_MB": "0", **(env or {})},
+        )
+        assert self.proc.stdout is not None
+        self.banner = [self.proc.stdout.readline() for _ in range(4)]
+        match = re.search(r"on 127\.0\.0\.1:(\d+)", self.banner[0])
+        assert match, f"no listening line: {self.banner} {self.proc.stderr.read()}"  # type: ignore[union-attr]
+        self.port = int(match.group(1))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    server = ServeProcess(tmp_path / "data")
+    yield server
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
+
+
+def scu() -> AE:
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    return ae
+
+
+def test_start_up_banner_and_clean_stop(serve: ServeProcess) -> None:
+    assert serve.banner[0].startswith("scanet-node listening as SCANET on 127.0.0.1:")
+    assert serve.banner[1].strip() == (
+        f"catalog: sqlite:///{serve.data_dir.resolve() / 'catalog.sqlite'}"
+    )
+    assert serve.banner[2].strip() == f"spool:   {serve.data_dir.resolve() / 'spool'}"
+    assert serve.banner[3].strip() == "allowed calling AE titles: any"
+    code, err = serve.stop(signal.SIGINT)
+    assert code == 0
+    assert "received SIGINT, stopping" in err and "stopped" in err
+
+
+def test_sigterm_during_transfers_loses_nothing_acknowledged(serve: ServeProcess) -> None:
+    series = [ct_series(150, size=128) for _ in range(2)]
+    acknowledged: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+    started = threading.Event()
+
+    def send(batch: list[Any]) -> None:
+        assoc = scu().associate("127.0.0.1", serve.port, ae_title="SCANET")
+        if not assoc.is_established:
+            return
+        for ds in batch:
+            try:
+                status = assoc.send_c_store(ds)
+            except (RuntimeError, ValueError):
+                break
+            with lock:
+                (acknowledged if status and status.Status == 0 else refused).append(
+                    ds.SOPInstanceUID
+                )
+                if len(acknowledged) >= 40:
+                    started.set()
+            if not assoc.is_established:
+                break
+        if assoc.is_established:
+            assoc.release()
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in series]
+    for t in threads:
+        t.start()
+    assert started.wait(60)
+    code, err = serve.stop(signal.SIGTERM, timeout=60)
+    for t in threads:
+        t.join(timeout=60)
+    assert code == 0, err
+    # New associations are refused once the node has stopped.
+    assert not scu().associate("127.0.0.1", serve.port, ae_title="SCANET").is_established
+    spool = serve.data_dir / "spool"
+    assert list((spool / ".tmp").iterdir()) == []
+    files = {p.stem for p in spool.rglob("*.dcm")}
+    catalog = Catalog(f"sqlite:///{serve.data_dir / 'catalog.sqlite'}")
+    try:
+        catalogued = catalog.count_instances()
+    finally:
+        catalog.close()
+    assert set(acknowledged) <= files
+    assert catalogued >= len(acknowledged)
+    assert len(files) == catalogued
+    for secret in (PATIENT_ID, *PATIENT_NAME.split("^")):
+        assert secret not in err
+
+
+def test_studies_and_study_commands(serve: ServeProcess, tmp_path: Path) -> None:
+    series = ct_series(4)
+    assoc = scu().associate("127.0.0.1", serve.port, ae_title="SCANET")
+    for ds in series:
+        assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    env = {**os.environ, "SCANET__NODE__DATA_DIR": str(serve.data_dir)}
+    listing = run_cli("studies", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    studies = json.loads(listing.stdout)
+    assert len(studies) == 1
+    study_uid = series[0].StudyInstanceUID
+    assert studies[0]["study_instance_uid"] == study_uid
+    assert studies[0]["num_instances"] == 4
+    assert studies[0]["series"][0]["state"] == "receiving"
+    assert studies[0]["series"][0]["series_description"] == "Head 5mm"
+    assert studies[0]["last_received_at"].endswith("Z")
+    text = run_cli("studies", env=env)
+    assert study_uid in text.stdout and "receiving" in text.stdout
+    one = run_cli("study", study_uid, "--json", env=env)
+    assert json.loads(one.stdout)["series"][0]["num_instances"] == 4
+    missing = run_cli("study", "1.2.3.4", env=env)
+    assert missing.returncode == 1 and "no study" in missing.stderr
+    for secret in (PATIENT_ID, *PATIENT_NAME.split("^")):
+        assert secret not in listing.stdout + text.stdout
+
+
+def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[node]\nport = 99999\n\n[security]\nallowed_calling_aets = ["A\\\\B"]\n')
+    done = run_cli("--config", str(config), "serve")
+    assert done.returncode == 2
+    assert "[node] port: Input should be less than or equal to 65535 (got 99999)" in done.stderr
+    assert "[security] allowed_calling_aets" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = run_cli("serve", env={**os.environ, "SCANET__NODE__MAX_ASSOCIATIONS": "-1"})
+    assert done.returncode == 2 and "[node] max_associations" in done.stderr
+
+
+def test_port_in_use_is_a_clear_error(serve: ServeProcess, tmp_path: Path) -> None:
+    done = run_cli("serve", "--port", str(serve.port), "--data-dir", str(tmp_path / "other"))
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{serve.port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0 and "serve" in done.stdout
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, scanet_node.cli, scanet_node.config; "
+            "print(sorted(m for m in ('pynetdicom', 'sqlalchemy', 'torch') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "[]"
