@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -177,6 +177,7 @@ class Catalog:
             raise CatalogError(f"cannot open catalog {self.display_url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._dialect = self.engine.dialect.name
+        self._prepare_statements()
 
     @property
     def display_url(self) -> str:
@@ -220,100 +221,129 @@ class Catalog:
         except _Conflict as exc:
             return RecordOutcome(False, False, False, False, conflict=str(exc))
 
+    def _prepare_statements(self) -> None:
+        # Built once: executing a prepared Core statement with a parameter dict
+        # costs a fraction of building it anew for every instance.
+        def p(name: str) -> Any:
+            return bindparam(f"p_{name}")
+
+        self._st_insert_study = (
+            self._insert(Study)
+            .values(
+                study_instance_uid=p("study_uid"),
+                patient_key=p("patient_key"),
+                study_date=p("study_date"),
+                study_description=p("study_description"),
+                num_instances=0,
+                first_received_at=p("at"),
+                last_received_at=p("at"),
+            )
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        )
+        self._st_study_id = select(Study.id).where(Study.study_instance_uid == p("study_uid"))
+        self._st_insert_series = (
+            self._insert(Series)
+            .values(
+                study_id=p("study_id"),
+                series_instance_uid=p("series_uid"),
+                modality=p("modality"),
+                sop_class_uid=p("sop_class_uid"),
+                series_number=p("series_number"),
+                series_description=p("series_description"),
+                image_type=p("image_type"),
+                contrast_agent=p("contrast_agent"),
+                slice_thickness=p("slice_thickness"),
+                body_part_examined=p("body_part_examined"),
+                calling_aet=p("calling_aet"),
+                num_instances=0,
+                state=SeriesState.RECEIVING,
+                first_received_at=p("at"),
+                last_received_at=p("at"),
+            )
+            .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+        )
+        self._st_series = select(Series.id, Series.study_id, Series.state).where(
+            Series.series_instance_uid == p("series_uid")
+        )
+        self._st_instance = select(Instance.id, Instance.series_id).where(
+            Instance.sop_instance_uid == p("sop_uid")
+        )
+        instance_values = {
+            "sop_class_uid": p("sop_class_uid"),
+            "transfer_syntax_uid": p("transfer_syntax_uid"),
+            "instance_number": p("instance_number"),
+            "path": p("path"),
+            "size_bytes": p("size_bytes"),
+            "calling_aet": p("calling_aet"),
+            "received_at": p("at"),
+        }
+        self._st_insert_instance = insert(Instance).values(
+            series_id=p("series_id"), sop_instance_uid=p("sop_uid"), **instance_values
+        )
+        self._st_update_instance = (
+            update(Instance).where(Instance.id == p("instance_id")).values(**instance_values)
+        )
+        self._st_touch_series = (
+            update(Series)
+            .where(Series.id == p("series_id"))
+            .values(
+                num_instances=Series.num_instances + p("added"),
+                last_received_at=self._greatest(Series.last_received_at, p("at")),
+                state=SeriesState.RECEIVING,
+                settled_at=None,
+            )
+        )
+        self._st_touch_study = (
+            update(Study)
+            .where(Study.id == p("study_id"))
+            .values(
+                num_instances=Study.num_instances + p("added"),
+                last_received_at=self._greatest(Study.last_received_at, p("at")),
+            )
+        )
+
     def _record_instance(self, rec: InstanceRecord) -> RecordOutcome:
-        with self._write() as session:
-            new_study = _inserted(
-                session.execute(
-                    self._insert(Study)
-                    .values(
-                        study_instance_uid=rec.study_instance_uid,
-                        patient_key=rec.patient_key,
-                        study_date=rec.study_date,
-                        study_description=rec.study_description,
-                        num_instances=0,
-                        first_received_at=rec.received_at,
-                        last_received_at=rec.received_at,
-                    )
-                    .on_conflict_do_nothing(index_elements=["study_instance_uid"])
-                )
-            )
-            study_id = session.scalars(
-                select(Study.id).where(Study.study_instance_uid == rec.study_instance_uid)
-            ).one()
-            new_series = _inserted(
-                session.execute(
-                    self._insert(Series)
-                    .values(
-                        study_id=study_id,
-                        series_instance_uid=rec.series_instance_uid,
-                        modality=rec.modality,
-                        sop_class_uid=rec.sop_class_uid,
-                        series_number=rec.series_number,
-                        series_description=rec.series_description,
-                        image_type=rec.image_type,
-                        contrast_agent=rec.contrast_agent,
-                        slice_thickness=rec.slice_thickness,
-                        body_part_examined=rec.body_part_examined,
-                        calling_aet=rec.calling_aet,
-                        num_instances=0,
-                        state=SeriesState.RECEIVING,
-                        first_received_at=rec.received_at,
-                        last_received_at=rec.received_at,
-                    )
-                    .on_conflict_do_nothing(index_elements=["series_instance_uid"])
-                )
-            )
-            series_id, series_study_id, series_state = session.execute(
-                select(Series.id, Series.study_id, Series.state).where(
-                    Series.series_instance_uid == rec.series_instance_uid
-                )
-            ).one()
-            if series_study_id != study_id:
+        params: dict[str, Any] = {
+            "p_study_uid": rec.study_instance_uid,
+            "p_series_uid": rec.series_instance_uid,
+            "p_sop_uid": rec.sop_instance_uid,
+            "p_patient_key": rec.patient_key,
+            "p_study_date": rec.study_date,
+            "p_study_description": rec.study_description,
+            "p_at": rec.received_at,
+            "p_modality": rec.modality,
+            "p_sop_class_uid": rec.sop_class_uid,
+            "p_series_number": rec.series_number,
+            "p_series_description": rec.series_description,
+            "p_image_type": rec.image_type,
+            "p_contrast_agent": rec.contrast_agent,
+            "p_slice_thickness": rec.slice_thickness,
+            "p_body_part_examined": rec.body_part_examined,
+            "p_calling_aet": rec.calling_aet,
+            "p_transfer_syntax_uid": rec.transfer_syntax_uid,
+            "p_instance_number": rec.instance_number,
+            "p_path": rec.path,
+            "p_size_bytes": rec.size_bytes,
+        }
+        with self.engine.begin() as conn:
+            new_study = _inserted(conn.execute(self._st_insert_study, params))
+            params["p_study_id"] = conn.execute(self._st_study_id, params).scalar_one()
+            new_series = _inserted(conn.execute(self._st_insert_series, params))
+            series_id, series_study_id, series_state = conn.execute(self._st_series, params).one()
+            if series_study_id != params["p_study_id"]:
                 raise _Conflict("Series Instance UID belongs to another study")
-            existing = session.execute(
-                select(Instance.id, Instance.series_id).where(
-                    Instance.sop_instance_uid == rec.sop_instance_uid
-                )
-            ).one_or_none()
+            params["p_series_id"] = series_id
+            existing = conn.execute(self._st_instance, params).one_or_none()
             if existing is not None and existing.series_id != series_id:
                 raise _Conflict("SOP Instance UID belongs to another series")
-            values = {
-                "sop_class_uid": rec.sop_class_uid,
-                "transfer_syntax_uid": rec.transfer_syntax_uid,
-                "instance_number": rec.instance_number,
-                "path": rec.path,
-                "size_bytes": rec.size_bytes,
-                "calling_aet": rec.calling_aet,
-                "received_at": rec.received_at,
-            }
             if existing is None:
-                session.execute(
-                    self._insert(Instance).values(
-                        series_id=series_id, sop_instance_uid=rec.sop_instance_uid, **values
-                    )
-                )
+                conn.execute(self._st_insert_instance, params)
             else:
-                session.execute(update(Instance).where(Instance.id == existing.id).values(**values))
-            added = int(existing is None)
-            reopened = series_state == SeriesState.SETTLED
-            session.execute(
-                update(Series)
-                .where(Series.id == series_id)
-                .values(
-                    num_instances=Series.num_instances + added,
-                    last_received_at=self._greatest(Series.last_received_at, rec.received_at),
-                    state=SeriesState.RECEIVING,
-                    settled_at=None,
-                )
-            )
-            session.execute(
-                update(Study)
-                .where(Study.id == study_id)
-                .values(
-                    num_instances=Study.num_instances + added,
-                    last_received_at=self._greatest(Study.last_received_at, rec.received_at),
-                )
-            )
+                conn.execute(self._st_update_instance, {**params, "p_instance_id": existing.id})
+            params["p_added"] = int(existing is None)
+            conn.execute(self._st_touch_series, params)
+            conn.execute(self._st_touch_study, params)
+        reopened = series_state == SeriesState.SETTLED
         return RecordOutcome(existing is None, new_study, new_series, reopened)
 
     def settle_series(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode_file_meta
 
 from scanet_node.catalog import Catalog, InstanceRecord, utcnow
 from scanet_node.errors import IngestError
@@ -140,8 +141,9 @@ class StoreService:
     def _store(self, event: Any) -> int | Dataset:
         request = event.request
         transfer_syntax = str(event.context.transfer_syntax)
+        body = event.encoded_dataset(include_meta=False)
         try:
-            dataset = decode_elements(event.encoded_dataset(include_meta=False), transfer_syntax)
+            dataset = decode_elements(body, transfer_syntax)
             ident = identify(dataset, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID)
         except IngestError as exc:
             logger.warning(
@@ -156,7 +158,8 @@ class StoreService:
             ident.study_instance_uid, ident.series_instance_uid, ident.sop_instance_uid
         )
         try:
-            size = self.spool.write(relative, event.encoded_dataset())
+            header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            size = self.spool.write(relative, header, body)
         except IngestError as exc:
             return failure(exc.status, exc.reason)
 

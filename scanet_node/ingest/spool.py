@@ -99,8 +99,10 @@ class Spool:
                     _fsync_dir(parent)
                 self._ready_dirs.add(current)
 
-    def write(self, relative: str, data: bytes) -> int:
-        """Write ``data`` durably at ``relative``, replacing any earlier file there.
+    def write(self, relative: str, *parts: bytes) -> int:
+        """Write ``parts``, one after the other, durably at ``relative``; return the size.
+
+        An earlier file at ``relative`` is replaced atomically.
 
         Raises
         ------
@@ -108,16 +110,18 @@ class Spool:
             With status 0xA700 when the disk is (nearly) full or the spool cannot
             be written; no partial file remains.
         """
-        if self.min_free_bytes and self.free_bytes() - len(data) < self.min_free_bytes:
+        size = sum(len(part) for part in parts)
+        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
             raise IngestError(STATUS_OUT_OF_RESOURCES, "Out of resources: spool disk nearly full")
         target = self.root / relative
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -136,7 +140,7 @@ class Spool:
                 reason = f"Out of resources: cannot write spool ({name})"
             logger.error("spool write failed: %s", reason)
             raise IngestError(STATUS_OUT_OF_RESOURCES, reason) from exc
-        return len(data)
+        return size
 
     def discard(self, relative: str) -> None:
         """Remove a file written for an instance that was then refused."""

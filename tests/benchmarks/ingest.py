@@ -8,7 +8,10 @@ receivers, each started fresh on a free 127.0.0.1 port and stopped at the end:
 
 1. DCMTK ``storescp --fork`` (a C++ lower bound: writes files, no index, no fsync);
 2. Orthanc (C++ with a SQLite index and fsync of each file, ``SyncStorageArea``);
-3. ``scanet-node serve`` with its defaults (SQLite catalog, fsync of file, folder
+3. a minimal pynetdicom SCP (the library the node is built on, configured as the
+   node configures it, whose handler only writes each instance to a file: no
+   parsing, no fsync, no catalog): the ceiling of any pynetdicom-based receiver;
+4. ``scanet-node serve`` with its defaults (SQLite catalog, fsync of file, folder
    and catalog row before each C-STORE response).
 
 For every receiver: one warm-up association, then ``--repeats`` rounds of (a) the
@@ -533,6 +536,60 @@ class NodeReceiver(Receiver):
         return catalogued
 
 
+_MINIMAL_SCP = """
+import socket, sys, threading
+from pathlib import Path
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+
+_config.LOG_HANDLER_LEVEL = "none"
+out, port = Path(sys.argv[1]), int(sys.argv[2])
+ae = AE(ae_title="PYNETDICOM")
+ae.maximum_associations = 8
+ae.maximum_pdu_size = 0
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+ae.add_supported_context(Verification)
+
+def on_open(event):
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+def on_store(event):
+    (out / f"{event.request.AffectedSOPInstanceUID}.dcm").write_bytes(event.encoded_dataset())
+    return 0x0000
+
+ae.start_server(("127.0.0.1", port), block=True,
+                evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_C_STORE, on_store)])
+"""
+
+
+class MinimalPynetdicomReceiver(Receiver):
+    """A pynetdicom SCP that only writes files: the library's own ceiling, for reference."""
+
+    name = "pynetdicom"
+    aet = "PYNETDICOM"
+
+    def _launch(self) -> None:
+        self.store = self.root / "store"
+        self.store.mkdir()
+        self.port = _free_port()
+        script = self.root / "minimal_scp.py"
+        script.write_text(_MINIMAL_SCP)
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), str(self.store), str(self.port)],
+                env=_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def count(self) -> int:
+        return sum(1 for p in self.store.iterdir() if p.is_file())
+
+
 # -- sending -------------------------------------------------------------------
 
 
@@ -699,12 +756,19 @@ def report(results: dict[str, Result], images: int, size: int, repeats: int) -> 
     vs_storescp = node.single_median / storescp.single_median if storescp else None
     vs_orthanc = node.single_median / orthanc.single_median if orthanc else None
     vs_orthanc4 = node.parallel_median / orthanc.parallel_median if orthanc else None
+    minimal = results.get("pynetdicom")
+    vs_minimal = node.single_median / minimal.single_median if minimal else None
+    minimal_vs_orthanc = (
+        minimal.single_median / orthanc.single_median if minimal and orthanc else None
+    )
     parallel_ratio = node.parallel_median / node.single_median
     print()
     print("ratios")
     print(f"  node / storescp (1 assoc)       {_fmt(vs_storescp, '.2f')}")
     print(f"  node / Orthanc  (1 assoc)       {_fmt(vs_orthanc, '.2f')}")
     print(f"  node / Orthanc  (4 assoc)       {_fmt(vs_orthanc4, '.2f')}  (information)")
+    print(f"  node / minimal pynetdicom SCP   {_fmt(vs_minimal, '.2f')}  (information)")
+    print(f"  minimal pynetdicom / Orthanc    {_fmt(minimal_vs_orthanc, '.2f')}  (information)")
     print(f"  node 4 assoc / node 1 assoc     {parallel_ratio:.2f}")
     print(f"  node peak RSS (VmHWM)           {_fmt(node.peak_rss_mb)} MB")
     print()
@@ -780,7 +844,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Result]:
     kinds: list[type[Receiver]] = [StorescpReceiver]
     if not args.skip_orthanc:
         kinds.append(OrthancReceiver)
-    kinds.append(NodeReceiver)
+    kinds += [MinimalPynetdicomReceiver, NodeReceiver]
     results: dict[str, Result] = {}
     for kind in kinds:
         # Start each receiver with no dirty pages of earlier writes left to flush.
