@@ -83,8 +83,9 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 def _open_catalog(args: argparse.Namespace) -> Any:
     from scanet_node.catalog import Catalog
 
-    settings = _load(args)
-    return Catalog(settings.catalog_url)
+    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    settings = _load(args, {"node": node})
+    return Catalog(settings.catalog_url, create=False)
 
 
 def _study_lines(study: Any) -> list[str]:
@@ -166,11 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     studies = sub.add_parser("studies", help="list the catalogued studies and their series")
     studies.add_argument("--json", action="store_true", help="machine-readable output")
+    studies.add_argument("--data-dir", help="override [node] data_dir")
     studies.set_defaults(func=_cmd_studies)
 
     study = sub.add_parser("study", help="show one study")
     study.add_argument("uid", help="Study Instance UID")
     study.add_argument("--json", action="store_true", help="machine-readable output")
+    study.add_argument("--data-dir", help="override [node] data_dir")
     study.set_defaults(func=_cmd_study)
     return parser
 

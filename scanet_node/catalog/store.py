@@ -169,6 +169,16 @@ class Catalog:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
+        parsed = make_url(url)
+        if (
+            not create
+            and parsed.get_backend_name() == "sqlite"
+            and parsed.database not in (None, "", ":memory:")
+            and not Path(str(parsed.database)).is_file()
+        ):
+            raise CatalogError(
+                f"no catalog at {parsed.database} (check [node] data_dir or [catalog] url)"
+            )
         try:
             self.engine = create_catalog_engine(url)
             if create:

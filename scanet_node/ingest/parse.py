@@ -126,12 +126,27 @@ def _number(ds: Dataset, keyword: str, kind: type[int] | type[float]) -> Any:
         return None
 
 
+def _raw_text(ds: Dataset, tag: int) -> str:
+    """An element's value from its raw bytes, not through pydicom's value conversion.
+
+    Used for patient identifiers, whose values must never reach a log line: some
+    of pydicom's validation warnings quote the value they reject.
+    """
+    if tag not in ds:
+        return ""
+    elem = ds.get_item(tag)
+    value = elem.value if elem is not None else None
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    return "" if value is None else str(value).strip(" \x00")
+
+
 def patient_key(ds: Dataset) -> str | None:
     """A one-way key for the patient (issuer + Patient ID), to pair studies without PHI."""
-    patient_id = _text(ds, "PatientID", 64)
+    patient_id = _raw_text(ds, 0x00100020)
     if not patient_id:
         return None
-    issuer = _text(ds, "IssuerOfPatientID", 64) or ""
+    issuer = _raw_text(ds, 0x00100021)
     return hashlib.sha256(f"{issuer}\\{patient_id}".encode()).hexdigest()
 
 

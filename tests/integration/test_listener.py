@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import NodeFactory
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_dataset, ct_series, iter_spool
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -340,10 +341,18 @@ def test_series_settles_when_quiet(node_factory: NodeFactory) -> None:
 def test_logs_have_one_line_per_association_and_no_patient_identity(
     node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     series = ct_series(2)
     bad = ct_dataset()
     bad.StudyInstanceUID = "not-a-uid"
+    # A Patient ID that breaks the VR rules: pydicom's warning would quote it.
+    mode = pydicom_config.settings.writing_validation_mode
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    try:
+        series[1].PatientID = f"{PATIENT_ID}\\{'X' * 70}"
+    finally:
+        pydicom_config.settings.writing_validation_mode = mode
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
     with association(node, calling="CT01") as assoc:
         for ds in [*series, bad]:
             assoc.send_c_store(ds)

@@ -163,6 +163,11 @@ def test_studies_and_study_commands(serve: ServeProcess, tmp_path: Path) -> None
     assert json.loads(one.stdout)["series"][0]["num_instances"] == 4
     missing = run_cli("study", "1.2.3.4", env=env)
     assert missing.returncode == 1 and "no study" in missing.stderr
+    by_option = run_cli("studies", "--json", "--data-dir", str(serve.data_dir))
+    assert json.loads(by_option.stdout) == studies
+    nowhere = run_cli("studies", "--data-dir", str(tmp_path / "empty"))
+    assert nowhere.returncode == 2
+    assert "no catalog at" in nowhere.stderr and not (tmp_path / "empty").exists()
     for secret in (PATIENT_ID, *PATIENT_NAME.split("^")):
         assert secret not in listing.stdout + text.stdout
 
