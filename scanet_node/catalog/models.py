@@ -72,7 +72,13 @@ class Series(Base):
     calling_aet: Mapped[str | None] = mapped_column(String(16))
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[SeriesState] = mapped_column(
-        Enum(SeriesState, native_enum=False, length=16), default=SeriesState.RECEIVING
+        Enum(
+            SeriesState,
+            native_enum=False,
+            length=16,
+            values_callable=lambda states: [s.value for s in states],
+        ),
+        default=SeriesState.RECEIVING,
     )
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)

@@ -249,6 +249,7 @@ class Catalog:
                 last_received_at=p("at"),
             )
             .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+            .returning(Study.id)
         )
         self._st_study_id = select(Study.id).where(Study.study_instance_uid == p("study_uid"))
         self._st_insert_series = (
@@ -271,6 +272,7 @@ class Catalog:
                 last_received_at=p("at"),
             )
             .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+            .returning(Series.id)
         )
         self._st_series = select(Series.id, Series.study_id, Series.state).where(
             Series.series_instance_uid == p("series_uid")
@@ -336,12 +338,25 @@ class Catalog:
             "p_size_bytes": rec.size_bytes,
         }
         with self.engine.begin() as conn:
-            new_study = _inserted(conn.execute(self._st_insert_study, params))
-            params["p_study_id"] = conn.execute(self._st_study_id, params).scalar_one()
-            new_series = _inserted(conn.execute(self._st_insert_series, params))
-            series_id, series_study_id, series_state = conn.execute(self._st_series, params).one()
-            if series_study_id != params["p_study_id"]:
-                raise _Conflict("Series Instance UID belongs to another study")
+            # INSERT ... ON CONFLICT DO NOTHING RETURNING id gives a row only when
+            # it inserted (rowcount is not reliable for this on every driver).
+            inserted = conn.execute(self._st_insert_study, params).first()
+            new_study = inserted is not None
+            params["p_study_id"] = (
+                inserted[0]
+                if inserted is not None
+                else conn.execute(self._st_study_id, params).scalar_one()
+            )
+            inserted = conn.execute(self._st_insert_series, params).first()
+            new_series = inserted is not None
+            if inserted is not None:
+                series_id, series_state = inserted[0], SeriesState.RECEIVING
+            else:
+                series_id, series_study_id, series_state = conn.execute(
+                    self._st_series, params
+                ).one()
+                if series_study_id != params["p_study_id"]:
+                    raise _Conflict("Series Instance UID belongs to another study")
             params["p_series_id"] = series_id
             existing = conn.execute(self._st_instance, params).one_or_none()
             if existing is not None and existing.series_id != series_id:
@@ -419,11 +434,6 @@ class Catalog:
         """How many instances the catalog holds."""
         with self._read() as session:
             return session.scalar(select(func.count(Instance.id))) or 0
-
-
-def _inserted(result: Any) -> bool:
-    """Whether an INSERT ... ON CONFLICT DO NOTHING inserted its row."""
-    return bool(result.rowcount)
 
 
 def _study_summary(study: Study) -> StudySummary:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -10,9 +11,17 @@ from pydicom.uid import generate_uid
 from scanet_node.catalog import Catalog, InstanceRecord, utcnow
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests on SQLite (the default) and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
     yield cat
     cat.close()
 
@@ -36,10 +45,12 @@ def record(
     )
 
 
-def test_sqlite_runs_in_wal_mode_with_full_sync(catalog: Catalog) -> None:
+def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     with catalog.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    catalog.close()
 
 
 def test_record_instances_and_summaries(catalog: Catalog) -> None:
@@ -119,9 +130,8 @@ def test_out_of_order_times_keep_the_latest(catalog: Catalog) -> None:
     assert summary is not None and summary.series[0].last_received_at == now
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    catalogs = [Catalog(url) for _ in range(2)]  # two engines, as two processes would have
+def test_concurrent_writers_lose_nothing(catalog_url: str) -> None:
+    catalogs = [Catalog(catalog_url) for _ in range(2)]  # two engines, as two processes would have
     study = generate_uid()
     series = [generate_uid() for _ in range(4)]
     errors: list[BaseException] = []

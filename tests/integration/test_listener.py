@@ -368,3 +368,28 @@ def test_logs_have_one_line_per_association_and_no_patient_identity(
     everything = caplog.text
     for secret in (PATIENT_ID, *PATIENT_NAME.split("^")):
         assert secret not in everything
+
+
+def test_node_on_postgresql(node_factory: NodeFactory, postgres_url: str) -> None:
+    node = node_factory(catalog={"url": postgres_url}, pipeline={"series_settle_seconds": 0.5})
+    batches = [ct_series(30) for _ in range(3)]
+
+    def send(batch: list[Dataset]) -> None:
+        with association(node) as assoc:
+            for ds in batch + batch[:5]:  # with duplicates
+                assert assoc.send_c_store(ds).Status == 0x0000
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert node.catalog.count_instances() == 90
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = {s.state for st in node.catalog.list_studies() for s in st.series}
+        if states == {"settled"}:
+            break
+        time.sleep(0.1)
+    assert states == {"settled"}
+    assert all(st.num_instances == 30 for st in node.catalog.list_studies())
