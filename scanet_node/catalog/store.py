@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from scanet_node.catalog.models import Base, Instance, Series, SeriesState, Study
@@ -146,6 +146,7 @@ def create_catalog_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
+            hide_parameters=True,  # errors are logged; parameters may hold descriptions
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_size=16,
             max_overflow=16,
@@ -153,7 +154,9 @@ def create_catalog_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=16)
+    return create_engine(
+        url, hide_parameters=True, pool_pre_ping=True, pool_size=16, max_overflow=16
+    )
 
 
 class Catalog:
@@ -227,7 +230,12 @@ class Catalog:
         nothing changes.
         """
         try:
-            return self._record_instance(rec)
+            try:
+                return self._record_instance(rec)
+            except IntegrityError:
+                # Two associations filed the same new instance at once (PostgreSQL,
+                # READ COMMITTED): the second sees the first's row when it tries again.
+                return self._record_instance(rec)
         except _Conflict as exc:
             return RecordOutcome(False, False, False, False, conflict=str(exc))
 

@@ -20,6 +20,7 @@ from scanet_node.catalog import Catalog, InstanceRecord, utcnow
 from scanet_node.errors import IngestError
 from scanet_node.ingest.parse import decode_elements, identify
 from scanet_node.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
+from scanet_node.ingest.uids import check_uid
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,14 @@ def failure(status: int, reason: str) -> Dataset:
     rsp.Status = status
     rsp.ErrorComment = reason[:64]
     return rsp
+
+
+def _loggable_uid(value: object) -> str:
+    """The UID if it is one, else a placeholder: a peer's raw strings stay out of the log."""
+    try:
+        return check_uid(value, "UID")
+    except IngestError:
+        return "(invalid UID)"
 
 
 @dataclass
@@ -148,7 +157,7 @@ class StoreService:
         except IngestError as exc:
             logger.warning(
                 "refused instance %s: %s (0x%04X)",
-                request.AffectedSOPInstanceUID,
+                _loggable_uid(request.AffectedSOPInstanceUID),
                 exc.reason,
                 exc.status,
             )

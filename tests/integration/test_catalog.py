@@ -163,3 +163,31 @@ def test_unopenable_catalog_is_a_catalog_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(CatalogError, match="cannot open catalog"):
         Catalog(f"sqlite:///{blocker}/sub/c.sqlite")
+
+
+def test_same_instance_from_two_writers_at_once(catalog_url: str) -> None:
+    catalogs = [Catalog(catalog_url) for _ in range(2)]
+    study, series = generate_uid(), generate_uid()
+    records = [record(study, series) for _ in range(40)]
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def file_all(cat: Catalog) -> None:
+        for rec in records:
+            barrier.wait(timeout=30)
+            try:
+                outcomes.append(cat.record_instance(rec))
+            except BaseException as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=file_all, args=(c,)) for c in catalogs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    summary = catalogs[0].get_study(study)
+    assert summary is not None and summary.num_instances == 40
+    assert summary.series[0].num_instances == 40
+    for c in catalogs:
+        c.close()
