@@ -14,6 +14,7 @@ from typing import Any
 
 from scanet_node import __version__
 from scanet_node.errors import ScanetError
+from scanet_node.synth import VARIANT_NAMES
 
 
 def _configure_logging(level: str) -> None:
@@ -134,6 +135,37 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from scanet_node.synth.cohort import generate_cohort
+    from scanet_node.synth.render import render_study
+
+    with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
+        summary = generate_cohort(
+            args.out,
+            args.studies,
+            args.seed,
+            small=args.small,
+            variant=args.variant,
+            cta_slice_mm=args.cta_slice_mm,
+            progress=lambda done, _total: bar.update(1),
+        )
+    if args.render:
+        for manifest in summary.manifests:
+            render_study(args.out / manifest["case_id"])
+    print(f"wrote {summary.studies} synthetic studies to {args.out} in {summary.seconds:.1f} s")
+    print(f"  labels: {args.out / 'labels.csv'}")
+    print(
+        f"  label balance: {summary.positives}/{summary.studies} recanalized (mTICI >= 2c) "
+        f"= {summary.balance:.0%}"
+    )
+    auc = "n/a (one class only)" if summary.oracle_auc is None else f"{summary.oracle_auc:.3f}"
+    print(f"  oracle ROC-AUC (true probability vs label): {auc}")
+    print("  SYNTHETIC DATA: not from any patient; not for clinical use.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``scanet-node``."""
     parser = argparse.ArgumentParser(
@@ -175,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--json", action="store_true", help="machine-readable output")
     study.add_argument("--data-dir", help="override [node] data_dir")
     study.set_defaults(func=_cmd_study)
+
+    synth = sub.add_parser(
+        "synth", help="write synthetic stroke studies (CT + CTA DICOM with known ground truth)"
+    )
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--studies", type=int, default=1, help="how many studies (default 1)")
+    synth.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    synth.add_argument("--small", action="store_true", help="128x128 images, 2.5 mm CTA: fast")
+    synth.add_argument("--variant", choices=VARIANT_NAMES, default="standard", help="study variant")
+    synth.add_argument("--cta-slice-mm", type=float, help="CTA slice thickness (default random)")
+    synth.add_argument("--render", action="store_true", help="also write PNGs of each study")
+    synth.set_defaults(func=_cmd_synth)
     return parser
 
 

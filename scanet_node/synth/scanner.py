@@ -1,0 +1,889 @@
+"""Scanner geometry of the synthetic studies: head pose, series grids and slice sampling.
+
+Template space is MNI152 mm, RAS (+x the subject's right, +y anterior, +z superior). DICOM patient
+space is LPS mm (+x the patient's left, +y posterior, +z head). ``F = diag(-1, -1, 1)`` maps one
+onto the other, and a head pose is the rigid motion of the head in the scanner,
+``p_LPS = R @ (F @ m) + t``: a rotation about the MNI origin, then a shift.
+
+A series is a stack of image planes placed the way a scanner places them (axial, or tilted with
+the gantry, centred on the head, covering it from the skull base or the upper neck to the vertex).
+Slices are rendered the way a scanner reconstructs them: the phantom is sampled at the pixel
+centres, averaged over the slice thickness, given correlated noise, and cut to the circular
+reconstruction field of view. For speed (a 300-slice CTA is 78 million pixels) the 1 mm anatomy
+is sampled on a grid twice as coarse and interpolated, air found by a 4 mm probe is not sampled
+at all, and only the pixels around contrast-filled vessels are sampled at full resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+HUArray = npt.NDArray[np.int16]
+
+#: RAS (MNI) to LPS (DICOM patient) axes.
+RAS_TO_LPS: Final = np.diag([-1.0, -1.0, 1.0])
+PHASES: Final = ("ncct", "cta")
+
+AIR_HU: Final = -1000.0
+#: Range a 12-bit CT image with RescaleIntercept -1024 can hold.
+MIN_HU: Final = -1024
+MAX_HU: Final = 3071
+#: Value of pixels outside the reconstruction circle (written with PixelPaddingValue).
+PADDING_HU: Final = -2048
+
+# The head of the MNI152 2009a pseudo-CT (anatomy.py) as the scanner operator sees it: an
+# ellipsoid around its scalp (x +-87, y -122..89, vertex z 97), the lowest points of the brain
+# (foramen magnum, cerebellum, temporal poles, gyrus rectus) a few mm below which a head CT
+# starts, and the upper neck (C2) where a head-and-neck CTA of the intracranial vessels starts.
+HEAD_CENTER_MNI: Final = (0.0, -17.0, 0.0)
+HEAD_SEMI_AXES_MM: Final = (87.0, 105.5, 98.0)
+SKULL_BASE_MNI: Final = (
+    (0.0, -45.0, -74.0),
+    (32.0, -65.0, -66.0),
+    (-32.0, -65.0, -66.0),
+    (28.0, -85.0, -56.0),
+    (-28.0, -85.0, -56.0),
+    (37.0, -5.0, -54.0),
+    (-37.0, -5.0, -54.0),
+    (37.0, 25.0, -47.0),
+    (-37.0, 25.0, -47.0),
+    (0.0, 55.0, -32.0),
+)
+UPPER_NECK_MNI: Final = (
+    (0.0, -20.0, -90.0),
+    (20.0, -20.0, -90.0),
+    (-20.0, -20.0, -90.0),
+    (0.0, 0.0, -90.0),
+    (0.0, -40.0, -90.0),
+)
+
+NCCT_SLICE_MM: Final = 5.0
+# Fields of view wide enough that the circle never cuts the scalp above the skull base (the head
+# reaches 111 mm from its centre axis at the worst pose); the neck may be cut, as on real CTAs.
+NCCT_FOV_MM: Final = (228.0, 250.0)  # 0.445-0.488 mm pixels at 512
+CTA_FOV_MM: Final = (228.0, 256.0)  # 0.445-0.5 mm pixels at 512
+CENTRING_MM: Final = 2.0  # the operator centres the head within this, in x and y
+CTA_SLICE_CHOICES_MM: Final = (0.5, 0.625, 0.75, 1.0, 1.25)
+SMALL_CTA_SLICE_MM: Final = 2.5
+FULL_MATRIX: Final = 512
+SMALL_MATRIX: Final = 128
+#: Sub-planes averaged across a thick slice are about this far apart (the anatomy's resolution).
+SUBPLANE_MM: Final = 1.0
+#: CTA pixels whose 3x3 coarse neighbourhood varies by more than REFINE_RANGE_HU and peaks within
+#: VESSEL_PEAK_HU (contrast-filled lumen, not bone) are sampled again at full resolution.
+REFINE_RANGE_HU: Final = 40.0
+VESSEL_PEAK_HU: Final = (120.0, 700.0)
+#: Spacing of the probe that finds the air around the head (sampled once per slice).
+PROBE_MM: Final = 4.0
+LOCALIZER_FOV_MM: Final = 256.0
+LOCALIZER_CENTER_MNI: Final = (0.0, -17.0, -10.0)  # head and upper neck in a 256 mm square
+LOCALIZER_RAY_STEP_MM: Final = 3.0
+WATER_MU_PER_MM: Final = 0.019  # linear attenuation of water near 70 keV
+
+
+class HUSampler(Protocol):
+    """What the scanner needs of a phantom (``scanet_node.synth.phantom.Phantom``)."""
+
+    def sample(self, points_mni: npt.NDArray[Any], phase: str) -> npt.NDArray[Any]:
+        """Noise-free HU, shape ``points.shape[:-1]``, at MNI mm points ``(..., 3)``."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Head pose
+
+
+def _rotation_from_vector(rotvec: Sequence[float] | FloatArray) -> FloatArray:
+    """Rotation matrix of a rotation vector (axis times angle in radians), Rodrigues' formula."""
+    v = np.asarray(rotvec, dtype=np.float64)
+    angle = float(np.linalg.norm(v))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = v / angle
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    rotation = np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * (cross @ cross)
+    return np.asarray(rotation, dtype=np.float64)
+
+
+def _rotation_from_euler(pitch_deg: float, roll_deg: float, yaw_deg: float) -> FloatArray:
+    """``Rz(yaw) @ Ry(roll) @ Rx(pitch)``, about the LPS axes x (left), y (posterior), z (head)."""
+    a, b, c = (math.radians(v) for v in (pitch_deg, roll_deg, yaw_deg))
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return np.asarray(rz @ ry @ rx, dtype=np.float64)
+
+
+def _uniform_in_ball(rng: np.random.Generator, scales: FloatArray) -> FloatArray:
+    """A point drawn uniformly in the ellipsoid of semi-axes ``scales`` (rejection sampling)."""
+    while True:
+        unit = rng.uniform(-1.0, 1.0, 3)
+        if float(unit @ unit) <= 1.0:
+            return np.asarray(unit * scales, dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class Pose:
+    """Rigid pose of the head in the scanner: ``p_LPS = rotation @ (F @ m_MNI) + translation``.
+
+    The rotation acts about the MNI origin, in LPS axes; the translation is in mm. Both are
+    stored as read-only float64 arrays.
+    """
+
+    rotation: FloatArray
+    translation: FloatArray
+
+    def __post_init__(self) -> None:
+        rotation = np.array(self.rotation, dtype=np.float64)
+        translation = np.array(self.translation, dtype=np.float64).reshape(-1)
+        if rotation.shape != (3, 3) or translation.shape != (3,):
+            raise ValueError("a pose needs a 3x3 rotation and a 3-vector translation")
+        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-6):
+            raise ValueError("the rotation of a pose must be orthonormal")
+        if np.linalg.det(rotation) <= 0:
+            raise ValueError("the rotation of a pose must not mirror")
+        rotation.setflags(write=False)
+        translation.setflags(write=False)
+        object.__setattr__(self, "rotation", rotation)
+        object.__setattr__(self, "translation", translation)
+
+    @classmethod
+    def identity(cls) -> Pose:
+        """The head exactly in template position (MNI origin at the LPS origin)."""
+        return cls(np.eye(3), np.zeros(3))
+
+    @classmethod
+    def from_euler(
+        cls,
+        pitch_deg: float,
+        roll_deg: float,
+        yaw_deg: float,
+        translation: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> Pose:
+        """A pose from angles about the LPS axes, applied pitch (x), then roll (y), then yaw (z).
+
+        Pitch nods the head (flexion/extension), roll tilts it toward a shoulder, yaw turns it.
+        """
+        return cls(_rotation_from_euler(pitch_deg, roll_deg, yaw_deg), np.asarray(translation))
+
+    @classmethod
+    def random(
+        cls,
+        rng: np.random.Generator,
+        max_angle_deg: float = 15.0,
+        max_shift_mm: float = 20.0,
+    ) -> Pose:
+        """A plausible head position on the table.
+
+        The rotation vector is drawn uniformly in an ellipsoid whose pitch semi-axis is
+        ``max_angle_deg`` and whose roll and yaw semi-axes are 60% of it (heads in a head
+        holder nod more than they turn), so the total rotation never exceeds ``max_angle_deg``.
+        The shift is drawn uniformly in a ball of radius ``max_shift_mm``.
+        """
+        if max_angle_deg < 0 or max_shift_mm < 0:
+            raise ValueError("pose bounds must not be negative")
+        scales = np.radians(max_angle_deg) * np.array([1.0, 0.6, 0.6])
+        rotvec = _uniform_in_ball(rng, scales)
+        shift = _uniform_in_ball(rng, np.full(3, float(max_shift_mm)))
+        return cls(_rotation_from_vector(rotvec), shift)
+
+    @property
+    def mni_to_patient(self) -> FloatArray:
+        """4x4 homogeneous matrix from MNI mm (RAS) to patient mm (LPS)."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.rotation @ RAS_TO_LPS
+        matrix[:3, 3] = self.translation
+        return matrix
+
+    @property
+    def patient_to_mni(self) -> FloatArray:
+        """4x4 homogeneous matrix from patient mm (LPS) to MNI mm (RAS)."""
+        linear = RAS_TO_LPS @ self.rotation.T
+        matrix = np.eye(4)
+        matrix[:3, :3] = linear
+        matrix[:3, 3] = -linear @ self.translation
+        return matrix
+
+    def to_patient(self, points_mni: npt.ArrayLike) -> FloatArray:
+        """Patient (LPS) mm of MNI points ``(..., 3)``."""
+        m = self.mni_to_patient
+        pts = np.asarray(points_mni, dtype=np.float64)
+        return np.asarray(pts @ m[:3, :3].T + m[:3, 3], dtype=np.float64)
+
+    def to_mni(self, points_lps: npt.ArrayLike) -> FloatArray:
+        """MNI mm of patient (LPS) points ``(..., 3)``."""
+        m = self.patient_to_mni
+        pts = np.asarray(points_lps, dtype=np.float64)
+        return np.asarray(pts @ m[:3, :3].T + m[:3, 3], dtype=np.float64)
+
+    @property
+    def angle_deg(self) -> float:
+        """Total rotation angle in degrees."""
+        cos = (float(np.trace(self.rotation)) - 1.0) / 2.0
+        return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
+
+    def euler_deg(self) -> tuple[float, float, float]:
+        """(pitch, roll, yaw) in degrees, the inverse of :meth:`from_euler`."""
+        r = self.rotation
+        roll = math.asin(max(-1.0, min(1.0, -float(r[2, 0]))))
+        pitch = math.atan2(float(r[2, 1]), float(r[2, 2]))
+        yaw = math.atan2(float(r[1, 0]), float(r[0, 0]))
+        return math.degrees(pitch), math.degrees(roll), math.degrees(yaw)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The pose for a JSON manifest."""
+        pitch, roll, yaw = self.euler_deg()
+        return {
+            "convention": "p_LPS = R @ (diag(-1,-1,1) @ m_MNI) + t; R = Rz(yaw) Ry(roll) Rx(pitch)",
+            "rotation": np.round(self.rotation, 8).tolist(),
+            "translation_mm": np.round(self.translation, 4).tolist(),
+            "pitch_deg": round(pitch, 4),
+            "roll_deg": round(roll, 4),
+            "yaw_deg": round(yaw, 4),
+            "angle_deg": round(self.angle_deg, 4),
+            "mni_to_patient": np.round(self.mni_to_patient, 8).tolist(),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Series geometry
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """Where the images of one series lie, in DICOM terms.
+
+    ``positions`` are the ImagePositionPatient (centre of the first pixel) of each slice, bottom
+    up, evenly spaced; ``pixel_spacing`` is DICOM's (between rows, between columns). With a
+    gantry tilt the planes are tilted but the positions step along z (table motion), so the
+    volume is sheared. ``noise_hu`` is the standard deviation of the noise the renderer adds.
+    """
+
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]
+    slice_thickness: float
+    spacing_between_slices: float
+    image_orientation: tuple[float, float, float, float, float, float]
+    positions: tuple[tuple[float, float, float], ...]
+    gantry_tilt_deg: float = 0.0
+    noise_hu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.columns < 1 or not self.positions:
+            raise ValueError("a series needs at least one slice of at least one pixel")
+        if len(self.image_orientation) != 6 or any(len(p) != 3 for p in self.positions):
+            raise ValueError("image orientation needs 6 values and each position 3")
+        if min(self.pixel_spacing) <= 0 or self.slice_thickness <= 0:
+            raise ValueError("pixel spacing and slice thickness must be positive")
+
+    @property
+    def number_of_slices(self) -> int:
+        """How many slices the series has."""
+        return len(self.positions)
+
+    @property
+    def row_direction(self) -> FloatArray:
+        """Patient direction along a row (increasing column index)."""
+        return np.asarray(self.image_orientation[:3], dtype=np.float64)
+
+    @property
+    def column_direction(self) -> FloatArray:
+        """Patient direction along a column (increasing row index)."""
+        return np.asarray(self.image_orientation[3:], dtype=np.float64)
+
+    @property
+    def normal(self) -> FloatArray:
+        """Unit normal of the image planes (row x column direction)."""
+        n = np.cross(self.row_direction, self.column_direction)
+        return np.asarray(n / np.linalg.norm(n), dtype=np.float64)
+
+    @property
+    def reconstruction_diameter(self) -> float:
+        """Diameter of the reconstruction circle, mm (the width of the image)."""
+        return float(min(self.rows * self.pixel_spacing[0], self.columns * self.pixel_spacing[1]))
+
+    @property
+    def slice_step(self) -> FloatArray:
+        """Patient mm from one slice position to the next."""
+        if self.number_of_slices > 1:
+            first, second = (np.asarray(p, dtype=np.float64) for p in self.positions[:2])
+            return np.asarray(second - first, dtype=np.float64)
+        return np.asarray(self.normal * self.spacing_between_slices, dtype=np.float64)
+
+    def center(self, index: int) -> FloatArray:
+        """Patient mm of the centre of slice ``index``."""
+        dr, dc = self.pixel_spacing
+        return np.asarray(
+            np.asarray(self.positions[index], dtype=np.float64)
+            + (self.columns - 1) / 2 * dc * self.row_direction
+            + (self.rows - 1) / 2 * dr * self.column_direction,
+            dtype=np.float64,
+        )
+
+    def index_to_patient(self, index: npt.ArrayLike) -> FloatArray:
+        """Patient mm of continuous (slice, row, column) indices ``(..., 3)``."""
+        ijk = np.asarray(index, dtype=np.float64)
+        return np.asarray(ijk @ self._index_matrix().T + self.positions[0], dtype=np.float64)
+
+    def patient_to_index(self, points_lps: npt.ArrayLike) -> FloatArray:
+        """Continuous (slice, row, column) indices ``(..., 3)`` of patient mm points."""
+        pts = np.asarray(points_lps, dtype=np.float64) - np.asarray(self.positions[0])
+        return np.asarray(pts @ np.linalg.inv(self._index_matrix()).T, dtype=np.float64)
+
+    def _index_matrix(self) -> FloatArray:
+        dr, dc = self.pixel_spacing
+        return np.column_stack(
+            [self.slice_step, self.column_direction * dr, self.row_direction * dc]
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The geometry for a JSON manifest (positions as first, last and step)."""
+        return {
+            "rows": self.rows,
+            "columns": self.columns,
+            "pixel_spacing_mm": list(self.pixel_spacing),
+            "slice_thickness_mm": self.slice_thickness,
+            "spacing_between_slices_mm": self.spacing_between_slices,
+            "image_orientation": [round(v, 8) for v in self.image_orientation],
+            "number_of_slices": self.number_of_slices,
+            "first_position": list(self.positions[0]),
+            "last_position": list(self.positions[-1]),
+            "slice_step_mm": np.round(self.slice_step, 4).tolist(),
+            "gantry_tilt_deg": self.gantry_tilt_deg,
+            "reconstruction_diameter_mm": round(self.reconstruction_diameter, 4),
+            "noise_hu": round(self.noise_hu, 3),
+        }
+
+
+def _position(point: npt.ArrayLike) -> tuple[float, float, float]:
+    """An ImagePositionPatient, rounded to 0.1 micrometre so that it is written as computed."""
+    x, y, z = (round(float(v), 4) for v in np.asarray(point, dtype=np.float64))
+    return (x, y, z)
+
+
+def _orientation(gantry_tilt_deg: float) -> tuple[float, float, float, float, float, float]:
+    """ImageOrientationPatient of an axial scan with the gantry tilted by ``gantry_tilt_deg``.
+
+    PS3.3 C.8.15.3.3 (CT Acquisition) calls the tilt negative when the top of the gantry leans
+    away from where the table enters. Head first supine, the table enters from the feet, so a
+    negative tilt lifts the anterior edge of the image plane toward the head: the column
+    direction (posterior) then descends, ``(0, cos a, sin a)`` with ``a < 0``.
+    """
+    a = math.radians(gantry_tilt_deg)
+    return (1.0, 0.0, 0.0, 0.0, math.cos(a), math.sin(a))
+
+
+def _axial_series(
+    pose: Pose,
+    rng: np.random.Generator,
+    *,
+    matrix: int,
+    fov_mm: float,
+    thickness: float,
+    spacing: float,
+    bottom_mni: Sequence[Sequence[float]],
+    gantry_tilt_deg: float,
+    noise_hu: float,
+) -> SeriesGeometry:
+    """Evenly spaced planes centred on the head covering ``bottom_mni`` up to the vertex.
+
+    Every plane's centre lies on the line through the head centre parallel to z (table
+    motion); a landmark is covered when the slab of a plane contains it.
+    """
+    orientation = _orientation(gantry_tilt_deg)
+    column_dir = np.asarray(orientation[3:])
+    row_dir = np.asarray(orientation[:3])
+    center = pose.to_patient(HEAD_CENTER_MNI)
+    jitter = rng.uniform(-CENTRING_MM, CENTRING_MM, 2)
+    cx, cy = (round(float(v), 1) for v in center[:2] + jitter)
+    # A point's height where the plane through it meets the centre line: h(p) = v . p + const.
+    tan = math.tan(math.radians(gantry_tilt_deg))
+    v = np.array([0.0, -tan, 1.0])
+    linear = pose.mni_to_patient[:3, :3]
+    head_top = float(v @ pose.to_patient(HEAD_CENTER_MNI)) + float(
+        np.linalg.norm(np.asarray(HEAD_SEMI_AXES_MM) * (linear.T @ v))
+    )
+    bottom = pose.to_patient(np.asarray(bottom_mni, dtype=np.float64))
+    z_top = head_top + tan * cy
+    z_bottom = float(np.min(bottom @ v)) + tan * cy
+    count = max(1, math.ceil((z_top - z_bottom - thickness) / spacing - 1e-9) + 1)
+    extra = (count - 1) * spacing - (z_top - z_bottom - thickness)
+    z_first = z_bottom + thickness / 2 - extra / 2
+    pixel = fov_mm / matrix
+    corner = -(matrix - 1) / 2 * pixel * (row_dir + column_dir)
+    positions = tuple(
+        _position(corner + np.array([cx, cy, z_first + k * spacing])) for k in range(count)
+    )
+    return SeriesGeometry(
+        rows=matrix,
+        columns=matrix,
+        pixel_spacing=(pixel, pixel),
+        slice_thickness=thickness,
+        spacing_between_slices=spacing,
+        image_orientation=orientation,
+        positions=positions,
+        gantry_tilt_deg=gantry_tilt_deg,
+        noise_hu=noise_hu,
+    )
+
+
+def _fov(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A display field of view in whole mm, as an operator picks it."""
+    return float(round(rng.uniform(*bounds)))
+
+
+def ncct_geometry(
+    pose: Pose,
+    rng: np.random.Generator,
+    small: bool = False,
+    gantry_tilt_deg: float = 0.0,
+) -> SeriesGeometry:
+    """The non-contrast head CT: 5 mm slices from below the skull base to the vertex.
+
+    512x512 at 0.445-0.49 mm (the field of view is drawn per study), or 128x128 over the same
+    field when ``small``; about 32-36 slices. ``gantry_tilt_deg`` tilts the planes (PS3.3 sign,
+    see :func:`_orientation`) as a sequential head scan may be.
+    """
+    if abs(gantry_tilt_deg) > 30:
+        raise ValueError("gantry tilt must be within +-30 degrees")
+    fov = _fov(rng, NCCT_FOV_MM)
+    noise = float(rng.uniform(4.0, 6.0))
+    return _axial_series(
+        pose,
+        rng,
+        matrix=SMALL_MATRIX if small else FULL_MATRIX,
+        fov_mm=fov,
+        thickness=NCCT_SLICE_MM,
+        spacing=NCCT_SLICE_MM,
+        bottom_mni=SKULL_BASE_MNI,
+        gantry_tilt_deg=gantry_tilt_deg,
+        noise_hu=noise,
+    )
+
+
+def cta_geometry(
+    pose: Pose,
+    rng: np.random.Generator,
+    small: bool = False,
+    slice_mm: float | None = None,
+) -> SeriesGeometry:
+    """The CT angiogram: thin slices from the upper neck to the vertex.
+
+    512x512 at 0.445-0.50 mm; the slice thickness is ``slice_mm`` or drawn from
+    :data:`CTA_SLICE_CHOICES_MM` (2.5 mm when ``small``). A drawn thickness of 1 mm or more is
+    reconstructed overlapping (spacing 0.8 x thickness) half of the time. At 0.625 mm that is
+    about 280-310 slices. Noise is 10-13 HU at 0.625 mm, scaled with 1/sqrt(thickness).
+    """
+    fov = _fov(rng, CTA_FOV_MM)
+    if slice_mm is not None:
+        if not 0.1 <= slice_mm <= 10.0:
+            raise ValueError("CTA slice thickness must be between 0.1 and 10 mm")
+        thickness = float(slice_mm)
+        spacing = thickness
+    elif small:
+        thickness = spacing = SMALL_CTA_SLICE_MM
+    else:
+        thickness = float(rng.choice(CTA_SLICE_CHOICES_MM))
+        overlap = thickness >= 1.0 and bool(rng.random() < 0.5)
+        spacing = round(0.8 * thickness, 4) if overlap else thickness
+    noise = float(rng.uniform(10.0, 13.0)) * math.sqrt(0.625 / thickness)
+    return _axial_series(
+        pose,
+        rng,
+        matrix=SMALL_MATRIX if small else FULL_MATRIX,
+        fov_mm=fov,
+        thickness=thickness,
+        spacing=spacing,
+        bottom_mni=UPPER_NECK_MNI,
+        gantry_tilt_deg=0.0,
+        noise_hu=noise,
+    )
+
+
+def localizer_geometry(pose: Pose, small: bool = False) -> SeriesGeometry:
+    """The lateral localizer (topogram): one sagittal projection of head and neck.
+
+    Rows run anterior to posterior, columns head to feet, as a lateral topogram is shown;
+    512x512 at 0.5 mm (128x128 at 2 mm when ``small``), centred on the head.
+    """
+    matrix = SMALL_MATRIX if small else FULL_MATRIX
+    pixel = LOCALIZER_FOV_MM / matrix
+    orientation = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    center = pose.to_patient(LOCALIZER_CENTER_MNI)
+    corner = center - (matrix - 1) / 2 * pixel * (
+        np.asarray(orientation[:3]) + np.asarray(orientation[3:])
+    )
+    return SeriesGeometry(
+        rows=matrix,
+        columns=matrix,
+        pixel_spacing=(pixel, pixel),
+        slice_thickness=0.6,
+        spacing_between_slices=0.6,
+        image_orientation=orientation,
+        positions=(_position(corner),),
+        noise_hu=0.0,
+    )
+
+
+def mip_geometry(source: SeriesGeometry, slab_mm: float = 10.0) -> tuple[SeriesGeometry, int]:
+    """Geometry of maximum intensity projections over consecutive ``slab_mm`` slabs.
+
+    Returns the geometry and the number of source slices per slab. Slabs do not overlap; the
+    remainder at the top (less than one slab) is left out, as a console's range would.
+    """
+    per_slab = max(1, round(slab_mm / source.spacing_between_slices))
+    count = source.number_of_slices // per_slab
+    if count < 1:
+        raise ValueError("the source series is thinner than one slab")
+    pos = np.asarray(source.positions, dtype=np.float64)
+    centres = pos[: count * per_slab].reshape(count, per_slab, 3).mean(axis=1)
+    return (
+        SeriesGeometry(
+            rows=source.rows,
+            columns=source.columns,
+            pixel_spacing=source.pixel_spacing,
+            slice_thickness=round(per_slab * source.spacing_between_slices, 4),
+            spacing_between_slices=round(per_slab * source.spacing_between_slices, 4),
+            image_orientation=source.image_orientation,
+            positions=tuple(_position(c) for c in centres),
+            gantry_tilt_deg=source.gantry_tilt_deg,
+            noise_hu=source.noise_hu,
+        ),
+        per_slab,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Slice sampling
+
+
+def _upsample2(coarse: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Bilinear x2 upsampling: coarse pixel k sits between fine pixels 2k and 2k+1."""
+    h, w = coarse.shape
+    quarter, three = np.float32(0.25), np.float32(0.75)
+    padded = np.pad(coarse, 1, mode="edge")
+    rows = np.empty((2 * h, w + 2), dtype=np.float32)
+    centre = padded[1:-1] * three
+    np.multiply(padded[:-2], quarter, out=rows[0::2])
+    rows[0::2] += centre
+    np.multiply(padded[2:], quarter, out=rows[1::2])
+    rows[1::2] += centre
+    out = np.empty((2 * h, 2 * w), dtype=np.float32)
+    centre = rows[:, 1:-1] * three
+    np.multiply(rows[:, :-2], quarter, out=out[:, 0::2])
+    out[:, 0::2] += centre
+    np.multiply(rows[:, 2:], quarter, out=out[:, 1::2])
+    out[:, 1::2] += centre
+    return out
+
+
+def _upsample2_at(
+    coarse: npt.NDArray[np.float32], rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float32]:
+    """:func:`_upsample2` evaluated at the fine pixels (rows, cols) only."""
+    h, w = coarse.shape
+    kr, kc = rows // 2, cols // 2
+    nr = np.clip(np.where(rows % 2 == 0, kr - 1, kr + 1), 0, h - 1)
+    nc = np.clip(np.where(cols % 2 == 0, kc - 1, kc + 1), 0, w - 1)
+    return np.asarray(
+        0.5625 * coarse[kr, kc]
+        + 0.1875 * (coarse[nr, kc] + coarse[kr, nc])
+        + 0.0625 * coarse[nr, nc],
+        dtype=np.float32,
+    )
+
+
+def _vessel_edges(image: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Pixels near a contrast-filled lumen: their 3x3 neighbourhood varies by more than
+    :data:`REFINE_RANGE_HU` and peaks within :data:`VESSEL_PEAK_HU` (bone peaks higher)."""
+    padded = np.pad(image, 1, mode="edge")
+    h, w = image.shape
+    high = image.copy()
+    low = image.copy()
+    for dy in range(3):
+        for dx in range(3):
+            view = padded[dy : dy + h, dx : dx + w]
+            np.maximum(high, view, out=high)
+            np.minimum(low, view, out=low)
+    low_peak, high_peak = VESSEL_PEAK_HU
+    return np.asarray(
+        (high - low > REFINE_RANGE_HU) & (high >= low_peak) & (high < high_peak), dtype=np.bool_
+    )
+
+
+def _binomial_blur(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """[1, 2, 1] / 4 smoothing along both axes (edges repeated)."""
+    out = image
+    for axis in (0, 1):
+        padded = np.concatenate(
+            [np.take(out, [0], axis=axis), out, np.take(out, [-1], axis=axis)], axis=axis
+        )
+        n = out.shape[axis]
+        lower = np.take(padded, range(0, n), axis=axis)
+        upper = np.take(padded, range(2, n + 2), axis=axis)
+        out = np.asarray((lower + upper + 2 * out) * np.float32(0.25), dtype=np.float32)
+    return out
+
+
+def _lap(since: float) -> tuple[float, float]:
+    """Seconds since ``since``, and now."""
+    now = time.perf_counter()
+    return now - since, now
+
+
+@dataclass
+class RenderStats:
+    """Where rendering time went, summed over the slices rendered so far."""
+
+    slices: int = 0
+    points: int = 0
+    refined_points: int = 0
+    sample_s: float = 0.0
+    noise_s: float = 0.0
+
+    def add(self, other: RenderStats) -> None:
+        """Add another renderer's counts to these."""
+        self.slices += other.slices
+        self.points += other.points
+        self.refined_points += other.refined_points
+        self.sample_s += other.sample_s
+        self.noise_s += other.noise_s
+
+
+class SliceRenderer:
+    """Renders the slices of one series from a phantom, as HU int16 images.
+
+    Each slice is sampled at the pixel centres of ``max(1, round(thickness / 1 mm))`` planes
+    across its thickness and averaged (the slab a reconstruction integrates). Correlated
+    Gaussian noise of
+    ``geometry.noise_hu`` is added, values are clipped to the 12-bit CT range and pixels outside
+    the reconstruction circle get :data:`PADDING_HU`.
+
+    Full-size images are sampled on a grid twice as coarse and bilinearly upsampled (the anatomy
+    has 1 mm resolution); on CTA, pixels near contrast-filled vessels (0.4 mm raster) are then
+    sampled again at full resolution (``refine``, default on for CTA only).
+    """
+
+    def __init__(
+        self,
+        phantom: HUSampler,
+        geometry: SeriesGeometry,
+        pose: Pose,
+        phase: str,
+        *,
+        refine: bool | None = None,
+    ) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+        self.phantom = phantom
+        self.geometry = geometry
+        self.pose = pose
+        self.phase = phase
+        self.stats = RenderStats()
+        self._refine = phase == "cta" if refine is None else refine
+        g = geometry
+        dr, dc = g.pixel_spacing
+        linear = pose.patient_to_mni[:3, :3]
+        self._down = (linear @ (g.column_direction * dr)).astype(np.float32)  # one row down
+        self._right = (linear @ (g.row_direction * dc)).astype(np.float32)  # one column right
+        planes = max(1, round(g.slice_thickness / SUBPLANE_MM))
+        offsets = [((k + 0.5) / planes - 0.5) * g.slice_thickness for k in range(planes)]
+        self._offsets = [(linear @ g.normal * o).astype(np.float32) for o in offsets]
+        self._factor = 2 if g.rows % 2 == 0 and g.columns % 2 == 0 and g.rows >= 256 else 1
+        f = self._factor
+        radius = g.reconstruction_diameter / 2
+        y = (np.arange(g.rows) - (g.rows - 1) / 2) * dr
+        x = (np.arange(g.columns) - (g.columns - 1) / 2) * dc
+        self._outside = np.flatnonzero((y[:, None] ** 2 + x[None, :] ** 2) > radius**2)
+        # Coarse pixel (k, l) is centred between fine pixels f*k .. f*k + f - 1.
+        cr = np.arange(g.rows // f) * f + (f - 1) / 2
+        cc = np.arange(g.columns // f) * f + (f - 1) / 2
+        yc = (cr - (g.rows - 1) / 2) * dr
+        xc = (cc - (g.columns - 1) / 2) * dc
+        margin = radius + 2 * f * max(dr, dc)
+        self._coarse_shape = (cr.size, cc.size)
+        self._coarse_inside = (yc[:, None] ** 2 + xc[None, :] ** 2) <= margin**2
+        ci, cj = np.nonzero(self._coarse_inside)
+        self._coarse_flat = np.ravel_multi_index((ci, cj), self._coarse_shape)
+        self._coarse_points = (
+            cr[ci, None].astype(np.float32) * self._down
+            + cc[cj, None].astype(np.float32) * self._right
+        ).astype(np.float32)
+        # Probe grid for the air test: every ``step``-th coarse pixel, about 4 mm apart.
+        step = max(1, round(PROBE_MM / (f * min(dr, dc))))
+        self._probe_shape = (-(-cr.size // step), -(-cc.size // step))
+        self._probe_of_point = np.ravel_multi_index((ci // step, cj // step), self._probe_shape)
+        probe = (ci % step == 0) & (cj % step == 0)
+        self._probe_flat = self._probe_of_point[probe]
+        self._probe_points = self._coarse_points[probe]
+
+    def _near_tissue(self, origin: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Which coarse points may hold anything but air.
+
+        The middle of the slab is probed every ~4 mm; points within two probe cells (~8 mm,
+        more than half a 5 mm slab's change in outline) of a probe that is not air are kept.
+        """
+        middle = self._offsets[len(self._offsets) // 2]
+        hu = np.asarray(self.phantom.sample(self._probe_points + (origin + middle), self.phase))
+        self.stats.points += hu.size
+        tissue = np.zeros(self._probe_shape, dtype=bool)
+        tissue.flat[self._probe_flat[hu > AIR_HU + 100.0]] = True
+        padded = np.pad(tissue, 2)
+        h, w = tissue.shape
+        near = np.zeros_like(tissue)
+        for dy in range(5):
+            for dx in range(5):
+                near |= padded[dy : dy + h, dx : dx + w]
+        return np.asarray(near.flat[self._probe_of_point], dtype=np.bool_)
+
+    def _origin(self, index: int) -> npt.NDArray[np.float32]:
+        return self.pose.to_mni(self.geometry.positions[index]).astype(np.float32)
+
+    def _sample_slab(
+        self, relative: npt.NDArray[np.float32], origin: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Mean HU over the slab's sub-planes at points given relative to the slice origin."""
+        total = np.zeros(relative.shape[0], dtype=np.float32)
+        for offset in self._offsets:
+            total += np.asarray(
+                self.phantom.sample(relative + (origin + offset), self.phase), dtype=np.float32
+            )
+        self.stats.points += relative.shape[0] * len(self._offsets)
+        return total / np.float32(len(self._offsets))
+
+    def _refine_vessels(
+        self,
+        image: npt.NDArray[np.float32],
+        coarse: npt.NDArray[np.float32],
+        noise: npt.NDArray[np.float32],
+        origin: npt.NDArray[np.float32],
+    ) -> None:
+        """Resample at full resolution the four fine pixels of each coarse pixel near a vessel."""
+        fk, fl = np.nonzero(_vessel_edges(coarse) & self._coarse_inside)
+        if not fk.size:
+            return
+        rows = (2 * fk[:, None] + np.array([0, 0, 1, 1])).ravel()
+        cols = (2 * fl[:, None] + np.array([0, 1, 0, 1])).ravel()
+        relative = (
+            rows[:, None].astype(np.float32) * self._down
+            + cols[:, None].astype(np.float32) * self._right
+        )
+        image[rows, cols] = self._sample_slab(relative, origin) + _upsample2_at(noise, rows, cols)
+        self.stats.refined_points += rows.size
+
+    def render(self, index: int, rng: np.random.Generator) -> HUArray:
+        """Slice ``index`` in HU (int16), with noise drawn from ``rng``."""
+        g = self.geometry
+        clock = time.perf_counter()
+        origin = self._origin(index)
+        coarse = np.full(self._coarse_shape, AIR_HU, dtype=np.float32)
+        keep = self._near_tissue(origin)
+        coarse.flat[self._coarse_flat[keep]] = self._sample_slab(self._coarse_points[keep], origin)
+        sample_s, clock = _lap(clock)
+        if self._factor == 1:
+            noise = _binomial_blur(rng.standard_normal(coarse.shape, dtype=np.float32))
+            image = coarse + noise * np.float32(g.noise_hu / 0.375)
+            noise_s, clock = _lap(clock)
+        else:
+            # Coarse white noise, upsampled with the image, is correlated over ~2 pixels.
+            noise = rng.standard_normal(coarse.shape, dtype=np.float32)
+            noise *= np.float32(g.noise_hu / 0.625)
+            image = _upsample2(coarse + noise)
+            noise_s, clock = _lap(clock)
+            if self._refine:
+                self._refine_vessels(image, coarse, noise, origin)
+            refine_s, clock = _lap(clock)
+            sample_s += refine_s
+        np.clip(image, MIN_HU, MAX_HU, out=image)
+        np.rint(image, out=image)
+        out = image.astype(np.int16)
+        out.flat[self._outside] = PADDING_HU
+        finish_s, clock = _lap(clock)
+        self.stats.slices += 1
+        self.stats.sample_s += sample_s
+        self.stats.noise_s += noise_s + finish_s
+        return out
+
+    def render_many(
+        self, indices: Iterable[int], rngs: Sequence[np.random.Generator]
+    ) -> Iterator[tuple[int, HUArray]]:
+        """Slices ``indices`` in the order given, slice ``i`` drawing its noise from ``rngs[i]``."""
+        for index in indices:
+            yield index, self.render(index, rngs[index])
+
+
+def render_slice(
+    phantom: HUSampler,
+    geometry: SeriesGeometry,
+    index: int,
+    pose: Pose,
+    phase: str,
+    rng: np.random.Generator,
+) -> HUArray:
+    """One slice of a series in HU (int16); see :class:`SliceRenderer` for how."""
+    return SliceRenderer(phantom, geometry, pose, phase).render(index, rng)
+
+
+def render_series(
+    phantom: HUSampler,
+    geometry: SeriesGeometry,
+    pose: Pose,
+    phase: str,
+    rng: np.random.Generator,
+    order: Sequence[int] | None = None,
+) -> Iterator[tuple[int, HUArray]]:
+    """All slices of a series as ``(index, HU image)``, bottom up unless ``order`` says otherwise.
+
+    Each slice draws its noise from its own generator spawned from ``rng``, so a slice's pixels
+    do not depend on the order the slices are rendered in.
+    """
+    renderer = SliceRenderer(phantom, geometry, pose, phase)
+    rngs = rng.spawn(geometry.number_of_slices)
+    indices = range(geometry.number_of_slices) if order is None else order
+    yield from renderer.render_many(indices, rngs)
+
+
+def render_localizer(
+    phantom: HUSampler, geometry: SeriesGeometry, pose: Pose, rng: np.random.Generator
+) -> npt.NDArray[np.uint16]:
+    """The lateral projection: line integrals of attenuation across the head, 12-bit.
+
+    Rays run along patient x through the whole head every 3 mm; full-size images are
+    integrated on a 4x coarser grid and upsampled. Pixel value ~ 700 per attenuation length.
+    """
+    g = geometry
+    factor = 4 if g.rows % 4 == 0 and g.columns % 4 == 0 and g.rows >= 256 else 1
+    dr, dc = g.pixel_spacing
+    h, w = g.rows // factor, g.columns // factor
+    rr = np.arange(h) * factor + (factor - 1) / 2
+    cc = np.arange(w) * factor + (factor - 1) / 2
+    plane = (
+        np.asarray(g.positions[0])
+        + rr[:, None, None] * dr * g.column_direction
+        + cc[None, :, None] * dc * g.row_direction
+    )
+    half = HEAD_SEMI_AXES_MM[0] + 25.0
+    steps = np.arange(-half, half + 1e-6, LOCALIZER_RAY_STEP_MM)
+    # A random start per ray turns the aliasing of curved bone into noise.
+    jitter = rng.uniform(0.0, LOCALIZER_RAY_STEP_MM, (h, w, 1))
+    along = (steps[None, None, :] + jitter)[..., None] * np.array([1.0, 0.0, 0.0])
+    rays = plane[:, :, None, :] + along
+    hu = np.asarray(phantom.sample(pose.to_mni(rays).astype(np.float32), "ncct"), dtype=np.float32)
+    mu = np.maximum(1.0 + hu / 1000.0, 0.0) * WATER_MU_PER_MM
+    attenuation = (mu.sum(axis=-1) * LOCALIZER_RAY_STEP_MM).astype(np.float32)
+    while attenuation.shape[0] < g.rows:
+        attenuation = _upsample2(attenuation)
+    image = attenuation * 700.0 + rng.standard_normal(attenuation.shape, dtype=np.float32) * 6.0
+    return np.asarray(np.clip(np.rint(image), 0, 4095), dtype=np.uint16)
