@@ -54,6 +54,25 @@ def node(node_factory: NodeFactory) -> Node:
     return node_factory()
 
 
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs that fills up (mounting needs root, as tests/run and CI have)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the disk-full tests: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def dcmtk(tool: str) -> str:
     """The path of a DCMTK tool (pynetdicom installs Python look-alikes on PATH)."""
     for folder in ("/usr/bin", "/usr/local/bin"):

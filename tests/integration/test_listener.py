@@ -213,25 +213,6 @@ def test_low_disk_space_is_out_of_resources(node_factory: NodeFactory) -> None:
     assert spool_files(node) == [] and node.catalog.count_instances() == 0
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs for the spool (root can mount it, as in CI)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_disk_full_and_read_only_spool_are_out_of_resources(
     node_factory: NodeFactory, tiny_disk: Path, tmp_path: Path
 ) -> None:

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,25 +50,6 @@ def test_spool_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(SpoolError, match="cannot create spool folder"):
         Spool(tmp_path / "f" / "spool")
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a real file system that fills up (needs root, as in CI)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_disk_full_is_out_of_resources(tiny_disk: Path) -> None:
