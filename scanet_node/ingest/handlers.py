@@ -73,6 +73,19 @@ class StoreService:
                 peer.ae_title, f"{peer.address}:{peer.port}"
             )
 
+    def handle_pdu_recv(self, event: Any) -> None:
+        """Note a peer's A-RELEASE-RQ or A-ABORT as it arrives.
+
+        EVT_RELEASED is triggered in the association's thread and can come after
+        EVT_CONN_CLOSE from the network thread; the request PDU always comes first.
+        """
+        from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RQ
+
+        if isinstance(event.pdu, A_RELEASE_RQ):
+            self._set_outcome(event.assoc, "released")
+        elif isinstance(event.pdu, A_ABORT_RQ):
+            self._set_outcome(event.assoc, "aborted")
+
     def handle_released(self, event: Any) -> None:
         """Note that the association ended with an A-RELEASE."""
         self._set_outcome(event.assoc, "released")

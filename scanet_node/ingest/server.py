@@ -116,6 +116,7 @@ class Listener:
             (evt.EVT_C_ECHO, service.handle_echo),
             (evt.EVT_C_STORE, service.handle_store),
             (evt.EVT_ACCEPTED, service.handle_accepted),
+            (evt.EVT_PDU_RECV, service.handle_pdu_recv),
             (evt.EVT_RELEASED, service.handle_released),
             (evt.EVT_ABORTED, service.handle_aborted),
             (evt.EVT_CONN_CLOSE, service.handle_conn_close),

@@ -260,7 +260,10 @@ def test_associations_beyond_the_limit_are_rejected(node_factory: NodeFactory) -
         assert again.is_established
 
 
-def test_abort_mid_series_keeps_everything_acknowledged(node: Node) -> None:
+def test_abort_mid_series_keeps_everything_acknowledged(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="scanet_node")
     series = ct_series(20)
     acknowledged = []
     with association(node) as assoc:
@@ -274,6 +277,10 @@ def test_abort_mid_series_keeps_everything_acknowledged(node: Node) -> None:
     assert study is not None and study.num_instances == 12
     assert {p.stem for p in spool_files(node)} == set(acknowledged)
     assert tmp_files(node) == []
+    assert any(
+        "association from TESTSCU" in r.getMessage() and "aborted" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_hundreds_of_instances_from_parallel_associations(node_factory: NodeFactory) -> None:
