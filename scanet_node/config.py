@@ -137,6 +137,40 @@ class Destination(_Section):
     _ae = field_validator("ae_title")(_check_ae_title)
 
 
+class ImagingSettings(_Section):
+    """``[imaging]``: how the non-contrast CT and the CTA are chosen among a study's series."""
+
+    extra_cta_patterns: list[str] = Field(default_factory=list)
+    extra_ncct_patterns: list[str] = Field(default_factory=list)
+    extra_head_patterns: list[str] = Field(default_factory=list)
+    extra_exclude_patterns: list[str] = Field(default_factory=list)
+    ncct_max_slice_thickness_mm: float = Field(default=5.5, gt=0)
+    cta_max_slice_thickness_mm: float = Field(default=2.5, gt=0)
+    min_images: int = Field(default=20, ge=1)
+    cta_min_vessel_fraction: float = Field(default=0.0008, gt=0, lt=1)
+    ncct_max_vessel_fraction: float = Field(default=0.0003, ge=0, lt=1)
+
+    @field_validator(
+        "extra_cta_patterns", "extra_ncct_patterns", "extra_head_patterns", "extra_exclude_patterns"
+    )
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _fractions_ordered(self) -> ImagingSettings:
+        if self.cta_min_vessel_fraction <= self.ncct_max_vessel_fraction:
+            raise ValueError(
+                "cta_min_vessel_fraction must be greater than ncct_max_vessel_fraction"
+            )
+        return self
+
+
 class LoggingSettings(_Section):
     """``[logging]``: the level of the node's own log lines."""
 
@@ -159,6 +193,7 @@ class Settings(_Section):
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     destinations: list[Destination] = Field(default_factory=list)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

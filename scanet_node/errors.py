@@ -23,6 +23,13 @@ class ListenerError(ScanetError):
     """The DICOM listener cannot start (address in use, bad TLS files, ...)."""
 
 
+class ImagingError(ScanetError):
+    """A series cannot be made into a volume, or a study into the model input.
+
+    The message says which series or file and why.
+    """
+
+
 class IngestError(ScanetError):
     """An instance could not be accepted; carries the DICOM status to answer with."""
 

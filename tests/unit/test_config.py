@@ -93,6 +93,11 @@ port = 104
         ('[security]\ntls_cert = "/nonexistent/cert.pem"\n', "tls_key is required"),
         ('[catalog]\nurl = "mysql://x"\n', "[catalog] url: 'mysql://x' is not a supported"),
         ("[pipeline]\nseries_settle_seconds = 0\n", "[pipeline] series_settle_seconds:"),
+        ('[imaging]\nextra_cta_patterns = ["(unclosed"]\n', "[imaging] extra_cta_patterns:"),
+        (
+            "[imaging]\ncta_min_vessel_fraction = 0.0001\n",
+            "cta_min_vessel_fraction must be greater than ncct_max_vessel_fraction",
+        ),
         (
             '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport = 0\n',
             "[[destinations]] #1 port:",

@@ -1,0 +1,816 @@
+"""Which series of a study is the non-contrast CT (NCCT), which the CT angiogram (CTA), and why.
+
+The decisions are pure functions of plain data: :class:`SeriesFacts` (header facts of a series,
+plus image statistics when an image check ran) and :class:`ClassificationRules` (patterns and
+limits the configuration can extend) go in, a :class:`SeriesRole` or a :class:`Selection` with
+its reasons in words comes out.
+
+How a series gets its role (:func:`classify_series`):
+
+1. Excluded, role ``other``: not a CT image SOP class (dose SR, secondary capture), modality not
+   CT, a localizer or projection (MIP, VR...) in ImageType, an exclusion pattern in the
+   description (localizer, MIP, MPR, dose, perfusion maps...), too few images, a body part that
+   is not the head.
+2. Tag evidence. Strong: a ContrastBolusAgent (CTA) or one that says none (NCCT); a CTA pattern
+   (cta, angio, arterial, circle of Willis...) or an explicit non-contrast pattern (w/o, non
+   contrast, nativ, sine...) in the series description. Weak: a head pattern (head, brain...) in
+   the description, or CTA/NCCT patterns in the protocol name (often shared by every series of
+   an exam) when the description is silent.
+3. Strong evidence for one side only decides. Tags that contradict, or that are silent or only
+   weak, ask for an image check (:func:`image_evidence`: the fraction of intracranial voxels at
+   150-500 HU, contrast-filled vessels), which then decides. When the image check disagrees
+   with clear tags, the tags win and the reason says so, with a lower score.
+4. A role is refused when the slice thickness exceeds its maximum (NCCT 5.5 mm, CTA 2.5 mm).
+
+When several series share a role (:func:`select_series`) the best wins: original over derived,
+axial over other planes, soft over sharp (bone) kernels, confident over uncertain, thinner, more
+images, then the lower series number.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+)
+
+from scanet_node.config import ImagingSettings
+from scanet_node.errors import ImagingError
+from scanet_node.imaging.series import Volume, find_series, load_series
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["ncct", "cta", "other"]
+
+CT_IMAGE_SOP_CLASSES: Final = frozenset(
+    {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
+)
+#: ImageType values of images that are no axial stack of the anatomy.
+PROJECTION_IMAGE_TYPES: Final = frozenset(
+    {
+        "LOCALIZER",
+        "MIP",
+        "MINIP",
+        "MIN_IP",
+        "MAX_IP",
+        "PROJECTION IMAGE",
+        "VOLUME_RENDER",
+        "VR",
+        "SSD",
+        "CPR",
+        "CURVED",
+    }
+)
+
+# Patterns are Python regular expressions, searched case-insensitively in the series
+# description (and protocol name) with underscores read as spaces.
+DEFAULT_CTA_PATTERNS: Final = (
+    r"\bcta\b",
+    r"angio",
+    r"\barteri",
+    r"\bcow\b",
+    r"circle of willis",
+    r"\bwillis\b",
+    r"\bhead\s*(and|&|\+|/|-)?\s*neck\b",
+    r"\bcarotid",
+    r"\bc\+",
+    r"\bw/\s*c(ontrast)?\b",
+    r"\bwith\s+contrast\b",
+    r"\bpost[\s-]*contrast\b",
+    r"\bcontrast[\s-]*enhanced\b",
+)
+DEFAULT_NCCT_PATTERNS: Final = (
+    r"\bw/?o\b",
+    r"\bwithout\s+contrast\b",
+    r"\bnon[\s-]*(contrast|enhanced|con)\b",
+    r"\bunenhanced\b",
+    r"\bnc\b",
+    r"\bncct\b",
+    r"\bnect\b",
+    r"\bsine\b",
+    r"\bnativ",
+    r"\bplain\b",
+    r"\bpre[\s-]*contrast\b",
+)
+DEFAULT_HEAD_PATTERNS: Final = (
+    r"\bhead\b",
+    r"\bbrain\b",
+    r"\bcran",
+    r"\bskull\b",
+    r"\bcerebr",
+    r"\bcct\b",
+    r"sch(ä|ae)del",
+)
+DEFAULT_EXCLUDE_PATTERNS: Final = (
+    r"localiz",
+    r"topogram",
+    r"\bscout",
+    r"surview",
+    r"scanogram",
+    r"\bmip\b",
+    r"\bmin\s*ip\b",
+    r"\bmpr\b",
+    r"\bvrt?\b",
+    r"\b3d\b",
+    r"volume render",
+    r"\bdose\b",
+    r"\breport\b",
+    r"perfusion",
+    r"\bctp\b",
+    r"\b(cbf|cbv|mtt|tmax|ttp)\b",
+    r"\bsummary\b",
+    r"screen\s*(shot|capture)",
+    r"\bkey\s*images?\b",
+)
+#: ContrastBolusAgent values that say no contrast was given.
+DEFAULT_NO_AGENT_PATTERNS: Final = (
+    r"^\s*(none|no|nil|n/?a|not applicable|-+|0|native|nativ)\s*$",
+    r"\bno contrast\b",
+)
+#: Convolution kernels (and descriptions) of bone or lung reconstructions, ranked last.
+DEFAULT_SHARP_KERNEL_PATTERNS: Final = (
+    r"bone",
+    r"lung",
+    r"sharp",
+    r"^[a-z]{1,2}[6-9]\d",  # Siemens H60s, B70f, Hr64, Br64...
+)
+DEFAULT_HEAD_BODY_PARTS: Final = (r"head|brain|skull|neck|cerebr|willis|carotid|cran|angio",)
+
+# Image check: the vessel window and the grid it is measured on.
+VESSEL_HU: Final = (150.0, 500.0)
+SKULL_HU: Final = 300.0
+IMAGE_GRID_MM: Final = 2.0
+#: In-plane bone components smaller than this are vessels or calcifications, not skull.
+SKULL_MIN_AREA_MM2: Final = 300.0
+#: A slice whose skull encloses at least this much is a slice through the cranium.
+RING_MIN_AREA_MM2: Final = 2000.0
+#: The interior is eroded by this much, away from the partial volume of the inner table.
+INNER_TABLE_MM: Final = 3.0
+#: Below this intracranial volume the vessel fraction says nothing.
+MIN_INTRACRANIAL_ML: Final = 100.0
+#: A head: a skull ring over this length, of this width, enclosing this volume.
+HEAD_MIN_COVERAGE_MM: Final = 40.0
+HEAD_WIDTH_MM: Final = (100.0, 260.0)
+HEAD_MIN_INTRACRANIAL_ML: Final = 300.0
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ClassificationRules:
+    """Patterns and limits of the classification; the configuration can extend the defaults.
+
+    The CTA maximum slice thickness is 2.5 mm: the model sees 26 slices over the brain (about 5
+    mm each), so a 2.5 mm CTA loses nothing for it (the small synthetic studies have one),
+    while thicker series are, in practice, MIP slabs or thick reformats; among qualifying
+    series the thinnest wins anyway. The NCCT maximum, 5.5 mm, admits the usual 5 mm head
+    series with some rounding. The vessel fractions were set on the synthetic cohort (NCCT
+    0.006-0.01 %, CTA 0.17-0.2 %, which has arteries only; a patient's CTA also fills veins and
+    sinuses and scores higher), with a margin of two on each side.
+    """
+
+    cta_patterns: tuple[str, ...] = DEFAULT_CTA_PATTERNS
+    ncct_patterns: tuple[str, ...] = DEFAULT_NCCT_PATTERNS
+    head_patterns: tuple[str, ...] = DEFAULT_HEAD_PATTERNS
+    exclude_patterns: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS
+    no_agent_patterns: tuple[str, ...] = DEFAULT_NO_AGENT_PATTERNS
+    sharp_kernel_patterns: tuple[str, ...] = DEFAULT_SHARP_KERNEL_PATTERNS
+    head_body_parts: tuple[str, ...] = DEFAULT_HEAD_BODY_PARTS
+    ncct_max_slice_thickness_mm: float = 5.5
+    cta_max_slice_thickness_mm: float = 2.5
+    min_images: int = 20
+    cta_min_vessel_fraction: float = 0.0008
+    ncct_max_vessel_fraction: float = 0.0003
+
+    def __post_init__(self) -> None:
+        for name in (
+            "cta_patterns",
+            "ncct_patterns",
+            "head_patterns",
+            "exclude_patterns",
+            "no_agent_patterns",
+            "sharp_kernel_patterns",
+            "head_body_parts",
+        ):
+            patterns = tuple(getattr(self, name))
+            object.__setattr__(self, name, patterns)
+            for pattern in patterns:
+                try:
+                    _compiled(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{name}: {pattern!r} is not a valid pattern ({exc})") from exc
+        if self.ncct_max_slice_thickness_mm <= 0 or self.cta_max_slice_thickness_mm <= 0:
+            raise ValueError("maximum slice thicknesses must be positive")
+        if self.min_images < 1:
+            raise ValueError("min_images must be at least 1")
+        if not 0 <= self.ncct_max_vessel_fraction < self.cta_min_vessel_fraction <= 1:
+            raise ValueError("need 0 <= ncct_max_vessel_fraction < cta_min_vessel_fraction <= 1")
+
+    def extended(
+        self,
+        *,
+        cta: Iterable[str] = (),
+        ncct: Iterable[str] = (),
+        head: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+    ) -> ClassificationRules:
+        """These rules with extra patterns added after the defaults (from the configuration)."""
+        return replace(
+            self,
+            cta_patterns=self.cta_patterns + tuple(cta),
+            ncct_patterns=self.ncct_patterns + tuple(ncct),
+            head_patterns=self.head_patterns + tuple(head),
+            exclude_patterns=self.exclude_patterns + tuple(exclude),
+        )
+
+
+def rules_from_settings(settings: ImagingSettings) -> ClassificationRules:
+    """The classification rules of ``[imaging]``: the defaults, extended and adjusted."""
+    rules = ClassificationRules().extended(
+        cta=settings.extra_cta_patterns,
+        ncct=settings.extra_ncct_patterns,
+        head=settings.extra_head_patterns,
+        exclude=settings.extra_exclude_patterns,
+    )
+    return replace(
+        rules,
+        ncct_max_slice_thickness_mm=settings.ncct_max_slice_thickness_mm,
+        cta_max_slice_thickness_mm=settings.cta_max_slice_thickness_mm,
+        min_images=settings.min_images,
+        cta_min_vessel_fraction=settings.cta_min_vessel_fraction,
+        ncct_max_vessel_fraction=settings.ncct_max_vessel_fraction,
+    )
+
+
+@dataclass(frozen=True)
+class ImageEvidence:
+    """What the pixels of a series say (see :func:`image_evidence`).
+
+    ``vessel_fraction`` is the fraction of intracranial voxels at 150-500 HU, measured in the
+    slices whose skull ring closes; ``skull_coverage_mm`` the length of the series over which it
+    closes; ``head_width_mm`` the median outer width of the skull in those slices.
+    """
+
+    vessel_fraction: float
+    intracranial_ml: float
+    skull_coverage_mm: float
+    head_width_mm: float
+    is_head: bool
+
+    @property
+    def summary(self) -> str:
+        """The numbers in words."""
+        head = "a head" if self.is_head else "not a head"
+        return (
+            f"{head}: skull ring over {self.skull_coverage_mm:.0f} mm, width "
+            f"{self.head_width_mm:.0f} mm, intracranial {self.intracranial_ml:.0f} mL, "
+            f"{100 * self.vessel_fraction:.3f} % of it at {VESSEL_HU[0]:.0f}-{VESSEL_HU[1]:.0f} HU"
+        )
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """Header facts of one series, and the image check's result once it ran.
+
+    ``number_of_images`` counts frames (an Enhanced CT series has one instance of many frames);
+    None means one image per instance. ``plane`` is 'axial', 'coronal', 'sagittal' or
+    'oblique' from ImageOrientationPatient, None when unknown.
+    """
+
+    modality: str = ""
+    sop_class_uid: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    image_type: tuple[str, ...] = ()
+    contrast_agent: str | None = None
+    slice_thickness: float | None = None
+    number_of_instances: int = 0
+    number_of_images: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    body_part: str = ""
+    convolution_kernel: str = ""
+    plane: str | None = None
+    series_number: int | None = None
+    image: ImageEvidence | None = None
+
+    @property
+    def images(self) -> int:
+        """Images in the series (frames, or instances)."""
+        return self.number_of_instances if self.number_of_images is None else self.number_of_images
+
+
+@dataclass(frozen=True)
+class SeriesRole:
+    """The role of one series, why, and how sure (0 for other, up to 1).
+
+    ``needs_image_check`` is True while the tags were silent or contradicted each other and no
+    image check has run; the role is then provisional.
+    """
+
+    role: Role
+    reason: str
+    score: float
+    needs_image_check: bool = False
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The NCCT and CTA chosen for a study (None when none qualified), and why, in words."""
+
+    ncct_uid: str | None
+    cta_uid: str | None
+    reasons: tuple[str, ...]
+    roles: dict[str, SeriesRole] = field(default_factory=dict, compare=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Facts from a header
+
+
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    value = ds.get(keyword)
+    if value:
+        item: Dataset = value[0]
+        return item
+    return None
+
+
+def _group_value(ds: Dataset, macro: str, keyword: str) -> Any:
+    """A value from an Enhanced image's shared, else first per-frame, functional group."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        first = _first_item(ds, groups)
+        item = None if first is None else _first_item(first, macro)
+        if item is not None and item.get(keyword) not in (None, ""):
+            return item.get(keyword)
+    return None
+
+
+def _plane(orientation: Any) -> str | None:
+    try:
+        values = np.array([float(v) for v in orientation], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if values.shape != (6,):
+        return None
+    normal = np.cross(values[:3], values[3:])
+    length = float(np.linalg.norm(normal))
+    if length < 0.5:
+        return None
+    normal = np.abs(normal) / length
+    axis = int(np.argmax(normal))
+    if normal[axis] < 0.8:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def facts_from_header(
+    ds: Dataset, number_of_instances: int, number_of_images: int | None = None
+) -> SeriesFacts:
+    """The facts of a series from the header of one of its instances (classic or enhanced)."""
+    contrast: str | None = _text(ds.get("ContrastBolusAgent")) or None
+    if contrast is None:
+        agent = _first_item(ds, "ContrastBolusAgentSequence")
+        if agent is not None:
+            contrast = _text(agent.get("CodeMeaning")) or "present (ContrastBolusAgentSequence)"
+    thickness = _float(ds.get("SliceThickness"))
+    if thickness is None:
+        thickness = _float(_group_value(ds, "PixelMeasuresSequence", "SliceThickness"))
+    kernel = _text(ds.get("ConvolutionKernel")) or _text(
+        _group_value(ds, "CTReconstructionSequence", "ConvolutionKernel")
+    )
+    orientation = ds.get("ImageOrientationPatient") or _group_value(
+        ds, "PlaneOrientationSequence", "ImageOrientationPatient"
+    )
+    image_type = tuple(str(v).strip().upper() for v in (ds.get("ImageType") or ()))
+    series_number = _float(ds.get("SeriesNumber"))
+    rows, columns = _float(ds.get("Rows")), _float(ds.get("Columns"))
+    return SeriesFacts(
+        modality=_text(ds.get("Modality")).upper(),
+        sop_class_uid=_text(ds.get("SOPClassUID")),
+        series_description=_text(ds.get("SeriesDescription")),
+        protocol_name=_text(ds.get("ProtocolName")),
+        image_type=image_type,
+        contrast_agent=contrast,
+        slice_thickness=thickness,
+        number_of_instances=number_of_instances,
+        number_of_images=number_of_images,
+        rows=None if rows is None else int(rows),
+        columns=None if columns is None else int(columns),
+        body_part=_text(ds.get("BodyPartExamined")),
+        convolution_kernel=kernel,
+        plane=_plane(orientation),
+        series_number=None if series_number is None else int(series_number),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The image check
+
+
+def image_evidence(volume: Volume) -> ImageEvidence:
+    """Measure, on a ~2 mm grid, whether a volume is a head and how much of it is vessel.
+
+    The skull is every in-plane bone component (> 300 HU) of at least 300 mm^2; its interior,
+    filled slice by slice and eroded 3 mm away from the inner table, is the intracranial space,
+    counted in the slices where it encloses at least 20 cm^2. The vessel fraction is the share
+    of that space at 150-500 HU: contrast-filled arteries, veins and sinuses on a CTA, almost
+    nothing (calcifications) on an NCCT. Voxels are picked by striding, not averaged, so thin
+    vessels keep their HU.
+    """
+    from scipy import ndimage
+
+    steps = [max(1, round(IMAGE_GRID_MM / s)) for s in volume.spacing]
+    hu = volume.hu[:: steps[0], :: steps[1], :: steps[2]]
+    spacing = [s * k for s, k in zip(volume.spacing, steps, strict=True)]
+    pixel_mm2 = spacing[1] * spacing[2]
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 2)
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+
+    bone = hu > SKULL_HU
+    labels, _ = ndimage.label(bone, structure=in_plane)
+    sizes = np.bincount(labels.ravel())
+    large = sizes * pixel_mm2 >= SKULL_MIN_AREA_MM2
+    large[0] = False
+    skull = large[labels]
+    filled = ndimage.binary_fill_holes(skull, structure=cross)
+    interior = filled & ~skull
+    erosion = max(1, round(INNER_TABLE_MM / min(spacing[1], spacing[2])))
+    interior = ndimage.binary_erosion(interior, structure=cross, iterations=erosion)
+    ring = interior.sum(axis=(1, 2)) * pixel_mm2 >= RING_MIN_AREA_MM2
+
+    intracranial = interior[ring]
+    count = int(intracranial.sum())
+    inside = hu[ring][intracranial]
+    vessels = int(np.count_nonzero((inside >= VESSEL_HU[0]) & (inside < VESSEL_HU[1])))
+    widths = []
+    for k in np.flatnonzero(ring):
+        rows = np.flatnonzero(filled[k].any(axis=1))
+        cols = np.flatnonzero(filled[k].any(axis=0))
+        widths.append(
+            max((rows[-1] - rows[0] + 1) * spacing[1], (cols[-1] - cols[0] + 1) * spacing[2])
+        )
+    intracranial_ml = count * pixel_mm2 * spacing[0] / 1000.0
+    coverage = float(ring.sum()) * spacing[0]
+    width = float(np.median(widths)) if widths else 0.0
+    is_head = (
+        coverage >= HEAD_MIN_COVERAGE_MM
+        and HEAD_WIDTH_MM[0] <= width <= HEAD_WIDTH_MM[1]
+        and intracranial_ml >= HEAD_MIN_INTRACRANIAL_ML
+    )
+    return ImageEvidence(
+        vessel_fraction=vessels / count if count else 0.0,
+        intracranial_ml=round(intracranial_ml, 1),
+        skull_coverage_mm=round(coverage, 1),
+        head_width_mm=round(width, 1),
+        is_head=is_head,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One series
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.replace("_", " ").split())
+
+
+def _match(patterns: Sequence[str], text: str) -> str | None:
+    """The text matched by the first pattern found in ``text``, or None."""
+    if not text:
+        return None
+    normal = _normalized(text)
+    for pattern in patterns:
+        found = _compiled(pattern).search(normal)
+        if found:
+            return found.group(0).strip() or pattern
+    return None
+
+
+def _exclusion(facts: SeriesFacts, rules: ClassificationRules) -> str | None:
+    """Why a series can be neither NCCT nor CTA, or None."""
+    if facts.sop_class_uid and facts.sop_class_uid not in CT_IMAGE_SOP_CLASSES:
+        return f"SOP class {UID(facts.sop_class_uid).name} is not a CT image"
+    if facts.modality != "CT":
+        return f"modality {facts.modality or 'missing'} is not CT"
+    projection = [v for v in facts.image_type if v in PROJECTION_IMAGE_TYPES]
+    if projection:
+        kind = "localizer" if "LOCALIZER" in projection else "projection"
+        image_type = "\\".join(facts.image_type)
+        return f"{kind} (ImageType {image_type})"
+    for field_name, text in (
+        ("description", facts.series_description),
+        ("protocol name", facts.protocol_name if not facts.series_description else ""),
+    ):
+        hit = _match(rules.exclude_patterns, text)
+        if hit:
+            return f"{field_name} {text!r} matches the exclusion {hit!r}"
+    if facts.images < rules.min_images:
+        return f"{facts.images} image(s), fewer than the {rules.min_images} a head series needs"
+    if facts.body_part and not _match(rules.head_body_parts, facts.body_part):
+        return f"BodyPartExamined {facts.body_part!r} is not the head"
+    image = facts.image
+    if image is not None and not image.is_head and image.intracranial_ml < MIN_INTRACRANIAL_ML:
+        return f"image check: {image.summary}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    strong_cta: tuple[str, ...]
+    strong_ncct: tuple[str, ...]
+    weak_cta: tuple[str, ...]
+    weak_ncct: tuple[str, ...]
+
+
+def _tag_evidence(facts: SeriesFacts, rules: ClassificationRules) -> _Evidence:
+    strong_cta: list[str] = []
+    strong_ncct: list[str] = []
+    weak_cta: list[str] = []
+    weak_ncct: list[str] = []
+    agent = (facts.contrast_agent or "").strip()
+    if agent:
+        if _match(rules.no_agent_patterns, agent):
+            strong_ncct.append(f"ContrastBolusAgent says none ({agent!r})")
+        else:
+            strong_cta.append(f"ContrastBolusAgent {agent!r}")
+    description = facts.series_description
+    cta_hit = _match(rules.cta_patterns, description)
+    ncct_hit = _match(rules.ncct_patterns, description)
+    if cta_hit:
+        strong_cta.append(f"description {description!r} matches {cta_hit!r}")
+    if ncct_hit:
+        strong_ncct.append(f"description {description!r} matches {ncct_hit!r}")
+    if not cta_hit and not ncct_hit:
+        head_hit = _match(rules.head_patterns, description)
+        if head_hit:
+            weak_ncct.append(f"description {description!r} matches {head_hit!r}")
+        protocol = facts.protocol_name
+        if _match(rules.cta_patterns, protocol):
+            weak_cta.append(
+                f"protocol name {protocol!r} matches {_match(rules.cta_patterns, protocol)!r}"
+            )
+        elif _match(rules.ncct_patterns, protocol):
+            weak_ncct.append(
+                f"protocol name {protocol!r} matches {_match(rules.ncct_patterns, protocol)!r}"
+            )
+    if not agent and (weak_ncct or strong_ncct):
+        weak_ncct.append("no ContrastBolusAgent")
+    return _Evidence(tuple(strong_cta), tuple(strong_ncct), tuple(weak_cta), tuple(weak_ncct))
+
+
+def _image_says(image: ImageEvidence, rules: ClassificationRules) -> Role | None:
+    if image.intracranial_ml < MIN_INTRACRANIAL_ML:
+        return None
+    if image.vessel_fraction >= rules.cta_min_vessel_fraction:
+        return "cta"
+    if image.vessel_fraction <= rules.ncct_max_vessel_fraction:
+        return "ncct"
+    return None
+
+
+def _thickness_refusal(role: Role, facts: SeriesFacts, rules: ClassificationRules) -> str | None:
+    limit = rules.cta_max_slice_thickness_mm if role == "cta" else rules.ncct_max_slice_thickness_mm
+    if facts.slice_thickness is not None and facts.slice_thickness > limit + 1e-6:
+        return (
+            f"slice thickness {facts.slice_thickness:g} mm exceeds the {limit:g} mm an "
+            f"{role.upper()} may have"
+        )
+    return None
+
+
+def classify_series(facts: SeriesFacts, rules: ClassificationRules | None = None) -> SeriesRole:
+    """The role of one series from its facts (module docstring: the rules, in order)."""
+    rules = rules or ClassificationRules()
+    excluded = _exclusion(facts, rules)
+    if excluded:
+        return SeriesRole("other", excluded, 0.0)
+    ev = _tag_evidence(facts, rules)
+    image = facts.image
+    image_role = None if image is None else _image_says(image, rules)
+    image_text = "" if image is None else f"image check: {image.summary}"
+
+    role: Role | None
+    if ev.strong_cta and not ev.strong_ncct:
+        role, why, score = "cta", list(ev.strong_cta), 1.0 if len(ev.strong_cta) > 1 else 0.9
+    elif ev.strong_ncct and not ev.strong_cta:
+        role, why = "ncct", list(ev.strong_ncct + ev.weak_ncct)
+        score = 1.0 if len(ev.strong_ncct) > 1 else 0.9
+    else:
+        role, why, score = None, [], 0.0
+    if role is not None:
+        if image is not None:
+            if image_role == role:
+                why.append(f"{image_text}, agrees")
+                score = 1.0
+            elif image_role is not None:
+                why.append(f"{image_text}, disagrees: the tags win")
+                score = 0.5
+            else:
+                why.append(f"{image_text}, inconclusive")
+        return _finish(role, why, score, facts, rules)
+
+    contradiction = bool(ev.strong_cta and ev.strong_ncct)
+    if contradiction:
+        tags = f"tags contradict ({'; '.join(ev.strong_cta)} against {'; '.join(ev.strong_ncct)})"
+    elif ev.weak_cta or ev.weak_ncct:
+        tags = f"tags are weak ({'; '.join(ev.weak_cta + ev.weak_ncct)})"
+    else:
+        tags = "tags are silent"
+    if image_role is not None:
+        return _finish(image_role, [tags, f"{image_text}: decides"], 0.7, facts, rules)
+    weak: Role | None = None
+    if not contradiction:
+        if ev.weak_cta and not ev.weak_ncct:
+            weak = "cta"
+        elif ev.weak_ncct and not ev.weak_cta:
+            weak = "ncct"
+    if image is not None:
+        why = [tags, f"{image_text}, inconclusive"]
+        if weak is None:
+            return SeriesRole("other", "; ".join(why), 0.0)
+        return _finish(weak, why, 0.3, facts, rules)
+    if weak is None:
+        return SeriesRole("other", f"{tags}: image check needed", 0.0, needs_image_check=True)
+    return _finish(weak, [tags, "provisional until an image check"], 0.4, facts, rules, True)
+
+
+def _finish(
+    role: Role,
+    why: list[str],
+    score: float,
+    facts: SeriesFacts,
+    rules: ClassificationRules,
+    needs_image_check: bool = False,
+) -> SeriesRole:
+    refused = _thickness_refusal(role, facts, rules)
+    if refused:
+        return SeriesRole("other", f"{role.upper()} evidence ({'; '.join(why)}) but {refused}", 0.0)
+    return SeriesRole(role, f"{role.upper()}: {'; '.join(why)}", score, needs_image_check)
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+
+
+def _label(uid: str, facts: SeriesFacts) -> str:
+    number = "?" if facts.series_number is None else str(facts.series_number)
+    return f"series {number} {facts.series_description!r} ({uid})"
+
+
+def _rank(facts: SeriesFacts, role: SeriesRole, rules: ClassificationRules) -> tuple[Any, ...]:
+    """Sort key, best first: every element compares smaller for the better series."""
+    derived = bool(facts.image_type) and (
+        facts.image_type[0] == "DERIVED"
+        or (len(facts.image_type) > 1 and facts.image_type[1] == "SECONDARY")
+        or "REFORMATTED" in facts.image_type
+    )
+    sharp = bool(
+        _match(rules.sharp_kernel_patterns, facts.convolution_kernel)
+        or _match(rules.sharp_kernel_patterns, facts.series_description)
+    )
+    thickness = round(facts.slice_thickness, 2) if facts.slice_thickness is not None else 99.0
+    return (
+        derived,
+        facts.plane not in (None, "axial"),
+        sharp,
+        role.score < 0.8,
+        thickness,
+        -facts.images,
+        -role.score,
+        facts.series_number if facts.series_number is not None else 1 << 30,
+    )
+
+
+_RANK_WORDS = (
+    "original over derived",
+    "axial over {plane}",
+    "soft over sharp kernel",
+    "confident over uncertain",
+    "thinner ({a:g} mm over {b:g} mm)",
+    "more images ({a} over {b})",
+    "higher score",
+    "lower series number",
+)
+
+
+def _why_better(best: tuple[Any, ...], other: tuple[Any, ...], other_facts: SeriesFacts) -> str:
+    for i, (a, b) in enumerate(zip(best, other, strict=True)):
+        if a != b:
+            if i == 4:
+                return _RANK_WORDS[i].format(a=a, b=b)
+            if i == 5:
+                return _RANK_WORDS[i].format(a=-a, b=-b)
+            return _RANK_WORDS[i].format(plane=other_facts.plane)
+    return "same rank; first by series number"
+
+
+def select_series(
+    candidates: Sequence[tuple[str, SeriesFacts]], rules: ClassificationRules | None = None
+) -> Selection:
+    """Classify every series of a study and choose its NCCT and CTA, with reasons in words."""
+    rules = rules or ClassificationRules()
+    roles: dict[str, SeriesRole] = {}
+    reasons: list[str] = []
+    for uid, facts in candidates:
+        role = classify_series(facts, rules)
+        roles[uid] = role
+        reasons.append(f"{_label(uid, facts)}: {role.reason}")
+    facts_of = dict(candidates)
+    chosen: dict[str, str | None] = {}
+    for wanted in ("ncct", "cta"):
+        ranked = sorted(
+            (
+                (uid, _rank(facts_of[uid], roles[uid], rules))
+                for uid in roles
+                if roles[uid].role == wanted
+            ),
+            key=lambda item: item[1],
+        )
+        name = wanted.upper()
+        if not ranked:
+            chosen[wanted] = None
+            waiting = sum(r.needs_image_check and r.role == "other" for r in roles.values())
+            note = f" ({waiting} series await an image check)" if waiting else ""
+            reasons.append(f"no {name}: no series qualified{note}")
+            continue
+        best_uid, best_key = ranked[0]
+        chosen[wanted] = best_uid
+        line = f"{name}: chose {_label(best_uid, facts_of[best_uid])}"
+        if roles[best_uid].needs_image_check:
+            line += " (on tags alone; no image check ran)"
+        others = [
+            f"{_label(uid, facts_of[uid])} ({_why_better(best_key, key, facts_of[uid])})"
+            for uid, key in ranked[1:]
+        ]
+        if others:
+            line += " over " + ", ".join(others)
+        reasons.append(line)
+    return Selection(chosen["ncct"], chosen["cta"], tuple(reasons), roles)
+
+
+def choose_series(
+    study_dir: Path,
+    rules: ClassificationRules | None = None,
+    *,
+    load: Callable[[Sequence[Path]], Volume] = load_series,
+) -> Selection:
+    """Find the series of a study folder, classify them and choose the NCCT and CTA.
+
+    Series whose tags are silent or contradict are loaded (``load``) for an image check; a
+    series that cannot be loaded is left out, and the reasons say so.
+    """
+    rules = rules or ClassificationRules()
+    candidates: list[tuple[str, SeriesFacts]] = []
+    notes: list[str] = []
+    found = find_series(study_dir)
+    for series in found:
+        facts = facts_from_header(series.header, len(series.paths), series.number_of_images)
+        if classify_series(facts, rules).needs_image_check:
+            try:
+                volume = load(series.paths)
+            except ImagingError as exc:
+                notes.append(f"{_label(series.series_instance_uid, facts)}: left out, {exc}")
+                continue
+            facts = replace(facts, image=image_evidence(volume))
+        candidates.append((series.series_instance_uid, facts))
+    selection = select_series(candidates, rules)
+    logger.info(
+        "series chosen: NCCT %s, CTA %s",
+        selection.ncct_uid or "none",
+        selection.cta_uid or "none",
+        extra={"study_uid": str(found[0].header.get("StudyInstanceUID", "")) if found else ""},
+    )
+    return replace(selection, reasons=(*notes, *selection.reasons))
