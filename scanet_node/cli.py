@@ -166,6 +166,38 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from scanet_node.imaging.classify import rules_from_settings
+    from scanet_node.imaging.model_input import save
+    from scanet_node.imaging.prepare import prepare
+    from scanet_node.imaging.qc import NotAnalysable
+
+    settings = _load(args)
+    _configure_logging(settings.logging.level)
+    try:
+        model_input = prepare(
+            args.study_dir,
+            rules=rules_from_settings(settings.imaging),
+            method=args.method or settings.imaging.registration,
+            min_similarity=settings.imaging.min_registration_similarity,
+        )
+    except NotAnalysable as exc:
+        print(f"scanet-node: {exc}", file=sys.stderr)
+        return 3
+    paths = save(model_input, args.out)
+    for reason in model_input.reasons:
+        print(f"  {reason}")
+    qc = model_input.qc
+    print(
+        f"prepared {model_input.study_instance_uid}: similarity "
+        f"{qc['registration_similarity']:.3f}, brain {qc['brain_volume_ml']:.0f} mL, "
+        f"{model_input.timings['total']:.1f} s"
+    )
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``scanet-node``."""
     parser = argparse.ArgumentParser(
@@ -207,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--json", action="store_true", help="machine-readable output")
     study.add_argument("--data-dir", help="override [node] data_dir")
     study.set_defaults(func=_cmd_study)
+
+    prep = sub.add_parser(
+        "prepare", help="make the model input of a study folder (load, classify, register)"
+    )
+    prep.add_argument("study_dir", type=Path, help="a study folder, one sub-folder per series")
+    prep.add_argument("--out", type=Path, required=True, help="where to write the input")
+    prep.add_argument("--method", choices=("affine", "syn"), help="override [imaging] registration")
+    prep.set_defaults(func=_cmd_prepare)
 
     synth = sub.add_parser(
         "synth", help="write synthetic stroke studies (CT + CTA DICOM with known ground truth)"

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -149,6 +149,8 @@ class ImagingSettings(_Section):
     min_images: int = Field(default=20, ge=1)
     cta_min_vessel_fraction: float = Field(default=0.0008, gt=0, lt=1)
     ncct_max_vessel_fraction: float = Field(default=0.0003, ge=0, lt=1)
+    registration: Literal["affine", "syn"] = "affine"
+    min_registration_similarity: float = Field(default=0.7, ge=0, le=1)
 
     @field_validator(
         "extra_cta_patterns", "extra_ncct_patterns", "extra_head_patterns", "extra_exclude_patterns"
