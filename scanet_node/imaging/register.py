@@ -81,15 +81,8 @@ RIGID_OPTIONS: dict[str, Any] = {
     "aff_shrink_factors": (4, 2, 1),
     "aff_smoothing_sigmas": (2, 1, 0),
 }
-#: ants.registration options of the NCCT -> template affine stage.
-AFFINE_OPTIONS: dict[str, Any] = {
-    "aff_metric": "mattes",
-    "aff_sampling": 32,
-    "aff_random_sampling_rate": 0.1,
-    "aff_iterations": (200, 100, 50),
-    "aff_shrink_factors": (4, 2, 1),
-    "aff_smoothing_sigmas": (2, 1, 0),
-}
+#: ants.registration options of the NCCT -> template affine stage: the same schedule.
+AFFINE_OPTIONS: dict[str, Any] = dict(RIGID_OPTIONS)
 #: Extra options of the SyN stage (``method="syn"``): Mattes MI, 40, 20 and 0 iterations over
 #: its three levels (ANTsPy's defaults, 5 s in all at 2 mm).
 SYN_OPTIONS: dict[str, Any] = {
