@@ -1,7 +1,7 @@
 """Time and peak memory of brain extraction and registration for one full-size study.
 
 Writes one synthetic study with a ~300-slice CTA (0.625 mm), loads its NCCT and CTA with
-pydicom (a stand-in for ``imaging.series``), then runs and measures each stage of the
+``imaging.series``, then runs and measures each stage of the
 preparation: brain extraction, CTA->NCCT rigid (ANTs), NCCT->template affine (ANTs) and the
 resampling of both to template space; then SimpleITK's own rigid registration (Mattes MI,
 Euler3DTransform, three levels) on the same 2 mm images beside the ANTs rigid, as a reference.
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psutil
-import pydicom
 
+from scanet_node.imaging import series as imaging_series
 from scanet_node.synth.cohort import plan_study, write_study
 
 TARGET_SECONDS = 20.0
@@ -73,24 +73,9 @@ class Meter:
 
 
 def load_series(folder: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """HU ``[k, j, i]`` and index -> LPS affine of a synthetic axial series (pydicom)."""
-    datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
-    orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=np.float64)
-    row, col = orientation[:3], orientation[3:]
-    normal = np.cross(row, col)
-    datasets.sort(key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, dtype=float)))
-    hu = np.empty((len(datasets), datasets[0].Rows, datasets[0].Columns), np.float32)
-    for k, d in enumerate(datasets):
-        hu[k] = d.pixel_array * np.float32(d.RescaleSlope) + np.float32(d.RescaleIntercept)
-    first = np.asarray(datasets[0].ImagePositionPatient, dtype=np.float64)
-    last = np.asarray(datasets[-1].ImagePositionPatient, dtype=np.float64)
-    d_row, d_col = (float(v) for v in datasets[0].PixelSpacing)
-    affine = np.eye(4)
-    affine[:3, 0] = row * d_col
-    affine[:3, 1] = col * d_row
-    affine[:3, 2] = (last - first) / max(len(datasets) - 1, 1)
-    affine[:3, 3] = first
-    return hu, affine
+    """HU ``[k, j, i]`` and the index ``(i, j, k)`` -> LPS affine of a series folder."""
+    volume = imaging_series.load_series(sorted(folder.glob("*.dcm")))
+    return np.asarray(volume.hu, dtype=np.float32), np.asarray(volume.affine, dtype=np.float64)
 
 
 def sitk_rigid(
@@ -160,12 +145,8 @@ def main() -> int:
         )
         folder = Path(tmp) / manifest["case_id"]
         manifest = json.loads((folder / "manifest.json").read_text())
-        ncct, ncct_aff = meter.time(
-            "load NCCT (pydicom stand-in)", lambda: load_series(folder / "2_ncct")
-        )
-        cta, cta_aff = meter.time(
-            "load CTA (pydicom stand-in)", lambda: load_series(folder / "3_cta")
-        )
+        ncct, ncct_aff = meter.time("load NCCT", lambda: load_series(folder / "2_ncct"))
+        cta, cta_aff = meter.time("load CTA", lambda: load_series(folder / "3_cta"))
     loading = list(meter.rows)
     meter.rows.clear()
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 import pytest
 from scipy import ndimage as ndi  # type: ignore[import-untyped,unused-ignore]
 
 from scanet_node.imaging import brain as brain_mod
 from scanet_node.imaging import register as register_mod
+from scanet_node.imaging import series as imaging_series
 from scanet_node.imaging.brain import BrainExtractionError, extract_brain, extract_cta_brain
 from scanet_node.imaging.template import HU_BACKGROUND, Grid, load_template
 from scanet_node.synth.cohort import plan_study, write_study
@@ -40,31 +40,9 @@ MAX_LIMIT_MM = 6.0
 
 
 def load_series(folder: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """HU ``[k, j, i]`` and the index ``(i, j, k)`` -> LPS affine of a synthetic axial series.
-
-    A stand-in for ``imaging.series`` (built in parallel): sorted along the slice normal,
-    rescaled, evenly spaced and untilted, as the synthetic standard variant is.
-    """
-    datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
-    orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=np.float64)
-    row, col = orientation[:3], orientation[3:]
-    normal = np.cross(row, col)
-    datasets.sort(key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, dtype=float)))
-    hu = np.stack(
-        [
-            d.pixel_array.astype(np.float32) * float(d.RescaleSlope) + float(d.RescaleIntercept)
-            for d in datasets
-        ]
-    )
-    first = np.asarray(datasets[0].ImagePositionPatient, dtype=np.float64)
-    last = np.asarray(datasets[-1].ImagePositionPatient, dtype=np.float64)
-    d_row, d_col = (float(v) for v in datasets[0].PixelSpacing)
-    affine = np.eye(4)
-    affine[:3, 0] = row * d_col
-    affine[:3, 1] = col * d_row
-    affine[:3, 2] = (last - first) / max(len(datasets) - 1, 1)
-    affine[:3, 3] = first
-    return hu, affine
+    """HU ``[k, j, i]`` and the index ``(i, j, k)`` -> LPS affine of a series folder."""
+    volume = imaging_series.load_series(sorted(folder.glob("*.dcm")))
+    return np.asarray(volume.hu, dtype=np.float32), np.asarray(volume.affine, dtype=np.float64)
 
 
 class Study:
