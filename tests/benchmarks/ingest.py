@@ -310,6 +310,19 @@ class Receiver:
     def _launch(self) -> None:
         raise NotImplementedError
 
+    def _spawn(self, cmd: list[str], cwd: Path | None = None) -> None:
+        """Start the receiver in its own process group, output to its log."""
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=_env(),
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
     def count(self) -> int:
         """How many instances the receiver has stored."""
         raise NotImplementedError
@@ -356,16 +369,9 @@ class StorescpReceiver(Receiver):
         self.store = self.root / "store"
         self.store.mkdir()
         self.port = _free_port()
-        cmd = [STORESCP, "--fork", "-dhl", "-od", str(self.store), "-aet", self.aet]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, str(self.port)],
-                env=_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._spawn(
+            [STORESCP, "--fork", "-dhl", "-od", str(self.store), "-aet", self.aet, str(self.port)]
+        )
 
     def count(self) -> int:
         return sum(1 for p in self.store.iterdir() if p.is_file())
@@ -414,16 +420,7 @@ class OrthancReceiver(Receiver):
         }
         config_path = self.root / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [ORTHANC, "--no-jobs", str(config_path)],
-                env=_env(),
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._spawn([ORTHANC, "--no-jobs", str(config_path)], cwd=self.root)
 
     def _get(self, path: str) -> object:
         conn = http.client.HTTPConnection(HOST, self.http_port, timeout=10)
@@ -576,15 +573,7 @@ class MinimalPynetdicomReceiver(Receiver):
         self.port = _free_port()
         script = self.root / "minimal_scp.py"
         script.write_text(_MINIMAL_SCP)
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(script), str(self.store), str(self.port)],
-                env=_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._spawn([sys.executable, str(script), str(self.store), str(self.port)])
 
     def count(self) -> int:
         return sum(1 for p in self.store.iterdir() if p.is_file())
