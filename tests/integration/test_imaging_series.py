@@ -400,6 +400,13 @@ LOSSLESS = [
     RLELossless,
 ]
 LOSSY = [JPEGLSNearLossless, JPEG2000]
+EIGHT_OR_TWELVE_BIT = [JPEGBaseline8Bit, JPEGExtended12Bit]
+
+
+def test_every_syntax_the_listener_accepts_is_covered_here() -> None:
+    from scanet_node.ingest.server import ACCEPTED_TRANSFER_SYNTAXES
+
+    assert sorted(LOSSLESS + LOSSY + EIGHT_OR_TWELVE_BIT) == sorted(ACCEPTED_TRANSFER_SYNTAXES)
 
 
 @pytest.mark.parametrize("syntax", LOSSLESS + LOSSY, ids=lambda s: s.name)
@@ -419,7 +426,7 @@ def test_every_16_bit_transfer_syntax_loads_the_same_hu(tmp_path: Path, syntax: 
 
 
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEGExtended12Bit], ids=lambda s: s.name)
+@pytest.mark.parametrize("syntax", EIGHT_OR_TWELVE_BIT, ids=lambda s: s.name)
 def test_lossy_jpeg_of_8_and_12_bits_loads_close_to_the_source(tmp_path: Path, syntax: str) -> None:
     hu = np.maximum(head_slices(), AIR_HU)
     if syntax == JPEGBaseline8Bit:
