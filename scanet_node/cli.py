@@ -141,16 +141,28 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from scanet_node.synth.cohort import generate_cohort
     from scanet_node.synth.render import render_study
 
-    with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
-        summary = generate_cohort(
-            args.out,
-            args.studies,
-            args.seed,
-            small=args.small,
-            variant=args.variant,
-            cta_slice_mm=args.cta_slice_mm,
-            progress=lambda done, _total: bar.update(1),
-        )
+    if args.template_space:
+        from scanet_node.synth.direct import generate_template_cohort
+
+        with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
+            summary = generate_template_cohort(
+                args.out,
+                args.studies,
+                args.seed,
+                size=args.size,
+                progress=lambda done, _total: bar.update(1),
+            )
+    else:
+        with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
+            summary = generate_cohort(
+                args.out,
+                args.studies,
+                args.seed,
+                small=args.small,
+                variant=args.variant,
+                cta_slice_mm=args.cta_slice_mm,
+                progress=lambda done, _total: bar.update(1),
+            )
     if args.render:
         for manifest in summary.manifests:
             render_study(args.out / manifest["case_id"])
@@ -195,6 +207,122 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     )
     for name, path in paths.items():
         print(f"  {name}: {path}")
+    return 0
+
+
+def _train_settings(args: argparse.Namespace) -> Any:
+    from scanet_node.model.train import TrainSettings
+
+    return TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        folds=args.folds,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=args.device,
+        cpu_bf16=args.cpu_bf16,
+        threads=args.threads,
+    )
+
+
+def _load_cohort(path: Path, size: int, cache: Path | None) -> Any:
+    from tqdm import tqdm
+
+    from scanet_node.model.data import load_cohort
+
+    with tqdm(unit="case", desc=f"load {path.name}", file=sys.stderr) as bar:
+
+        def step(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        cohort = load_cohort(path, size, cache_dir=cache, progress=step)
+    for case, reason in cohort.excluded.items():
+        print(f"  left out {case}: {reason}", file=sys.stderr)
+    return cohort
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from scanet_node.model import metrics as mt
+    from scanet_node.model.experiment import cross_validate, train_final
+
+    _configure_logging("INFO")
+    settings = _train_settings(args)
+    cohort = _load_cohort(args.cohort, args.size, args.cache)
+    args.out.mkdir(parents=True, exist_ok=True)
+    methods = ["scanet", *(["resnet34", "hu-logistic"] if args.baselines else [])]
+    threshold, summary = 0.5, None
+    if settings.folds >= 2:
+        cv = cross_validate(cohort, settings, args.out / "cv", methods=methods)
+        print((args.out / "cv" / "table.md").read_text())
+        summary = cv.summary()
+        threshold = mt.youden_threshold(cv.probabilities["scanet"], cohort.labels)
+    if args.no_final:
+        return 0
+    synthetic = args.synthetic or (cohort.root / "inputs").is_dir()
+    description = args.data_description or (
+        f"{len(cohort)} cases of cohort {cohort.root.name}"
+        + (" (SYNTHETIC: scanet-node synth, no patient data)" if synthetic else "")
+    )
+    for kind in ["scanet", *(["resnet34"] if args.baselines else [])]:
+        path = train_final(
+            cohort,
+            kind,
+            settings,
+            args.out / f"{kind}.pt",
+            threshold=threshold,
+            cv_summary=summary,
+            data_description=description,
+            synthetic=synthetic,
+        )
+        print(f"wrote {path} and its card {path.with_suffix('.md')}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from scanet_node.model.checkpoint import read_card
+    from scanet_node.model.experiment import evaluate_checkpoints
+
+    _configure_logging("WARNING")
+    size = int(read_card(args.checkpoint[0]).preprocessing["size"])
+    cohort = _load_cohort(args.cohort, size, args.cache)
+    out = args.out or Path(f"evaluation-{args.cohort.name}")
+    _, text = evaluate_checkpoints(args.checkpoint, cohort, out)
+    print(text)
+    print(f"report, predictions and plots in {out}/")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from scanet_node.imaging.prepare import prepare
+    from scanet_node.imaging.qc import NotAnalysable
+    from scanet_node.model.predictor import Predictor
+
+    _configure_logging("WARNING")
+    predictor = Predictor(args.checkpoint, device=args.device)
+    try:
+        model_input = prepare(args.study_dir, size=predictor.input_size)
+    except NotAnalysable as exc:
+        print(f"scanet-node: {exc}", file=sys.stderr)
+        return 3
+    p = predictor.predict(model_input.tensor)
+    result = {
+        "study_instance_uid": model_input.study_instance_uid,
+        "probability_mtici_2c_3": round(p.probability, 4),
+        "recanalization_expected": p.positive,
+        "threshold": round(p.threshold, 4),
+        "top_slice": p.top_slice,
+        "slice_weights": [round(float(w), 4) for w in p.slice_weights],
+        "model": predictor.describe(),
+    }
+    _print_json(result)
+    if predictor.card.synthetic:
+        print(
+            "NOTE: demo weights trained on SYNTHETIC data; not for clinical use.", file=sys.stderr
+        )
     return 0
 
 
@@ -258,7 +386,57 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--variant", choices=VARIANT_NAMES, default="standard", help="study variant")
     synth.add_argument("--cta-slice-mm", type=float, help="CTA slice thickness (default random)")
     synth.add_argument("--render", action="store_true", help="also write PNGs of each study")
+    synth.add_argument(
+        "--template-space",
+        action="store_true",
+        help="write only the model inputs (inputs/<case>.npz) made straight from the phantom",
+    )
+    synth.add_argument(
+        "--size", type=int, default=224, help="in-plane size of --template-space inputs"
+    )
     synth.set_defaults(func=_cmd_synth)
+
+    train = sub.add_parser("train", help="cross-validate SCANet and baselines, train the model")
+    train.add_argument("--cohort", type=Path, required=True, help="folder with labels.csv")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--size", type=int, default=224, help="in-plane input size (default 224)")
+    train.add_argument("--folds", type=int, default=5, help="CV folds; below 2: no CV (default 5)")
+    train.add_argument("--epochs", type=int, default=200, help="at most (default 200)")
+    train.add_argument("--batch-size", type=int, default=12, help="default 12")
+    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
+    train.add_argument("--patience", type=int, default=20, help="early stopping (default 20)")
+    train.add_argument("--seed", type=int, default=0, help="default 0")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU")
+    train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    train.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the ResNet34 and HU-feature baselines (default on)",
+    )
+    train.add_argument("--no-final", action="store_true", help="cross-validate only")
+    train.add_argument("--cache", type=Path, help="prepared-input cache (default COHORT/.cache)")
+    train.add_argument("--synthetic", action="store_true", help="mark the weights synthetic")
+    train.add_argument("--data-description", help="training data, for the card")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score checkpoints on a held-out cohort")
+    evaluate.add_argument(
+        "--checkpoint", type=Path, action="append", required=True, help="repeatable"
+    )
+    evaluate.add_argument("--cohort", type=Path, required=True, help="folder with labels.csv")
+    evaluate.add_argument("--out", type=Path, help="report folder (default evaluation-COHORT)")
+    evaluate.add_argument("--cache", type=Path, help="prepared-input cache")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    pred = sub.add_parser("predict", help="prepare one study folder and run the model on it")
+    pred.add_argument("study_dir", type=Path)
+    pred.add_argument("--checkpoint", type=Path, help="default: the shipped demo weights")
+    pred.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pred.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -173,6 +173,23 @@ class ImagingSettings(_Section):
         return self
 
 
+class ModelSettings(_Section):
+    """``[model]``: which weights the worker loads and where it runs them."""
+
+    #: Empty: the shipped demo weights (models/scanet-demo.pt, trained on SYNTHETIC data).
+    checkpoint: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: CPU threads for inference; 0 lets torch decide.
+    threads: int = Field(default=0, ge=0, le=256)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file '{value}' does not exist")
+        return value
+
+
 class LoggingSettings(_Section):
     """``[logging]``: the level of the node's own log lines."""
 
@@ -196,6 +213,7 @@ class Settings(_Section):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     destinations: list[Destination] = Field(default_factory=list)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

@@ -106,6 +106,8 @@ port = 104
             '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\n',
             "[[destinations]] #1 port: Field required",
         ),
+        ('[model]\ndevice = "tpu"\n', "[model] device: Input should be 'auto', 'cpu' or 'cuda'"),
+        ('[model]\ncheckpoint = "/nowhere/scanet.pt"\n', "[model] checkpoint: file '/nowhere"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:

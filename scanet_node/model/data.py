@@ -1,0 +1,165 @@
+"""Cohorts for training and evaluation: labels, model inputs, and their cache.
+
+A cohort folder holds ``labels.csv`` (at least ``case_id`` and ``label``, 1 = mTICI >= 2c)
+and, per case, either
+
+* ``inputs/<case_id>.npz`` with the prepared ``tensor`` (``2 x 26 x S x S``; what
+  ``scanet-node synth --template-space`` writes), or
+* ``<case_id>/``, the study's DICOM (one folder per series inside, as ``scanet-node synth``
+  writes and as the node spools). It is prepared once (``imaging.prepare``: brain extraction,
+  ANTs registration) and the input is cached in ``<cache>/<case_id>-<S>.npz``, so a second
+  run, another fold or ``evaluate`` never registers it again.
+
+A case that cannot be prepared is left out with its reason (``Cohort.excluded``), never silently.
+An optional ``clot_slab`` column (synthetic cohorts) lets evaluation check where the model looked.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from scanet_node.errors import ScanetError
+
+logger = logging.getLogger(__name__)
+
+
+class CohortError(ScanetError):
+    """The cohort folder cannot be used (no labels, bad labels, no usable case)."""
+
+
+class InputSizeError(CohortError):
+    """Prepared inputs of another size than the model takes: the whole cohort is unusable."""
+
+
+@dataclass
+class Cohort:
+    """Inputs (float16 in memory) and labels of the usable cases, in ``labels.csv`` order."""
+
+    root: Path
+    case_ids: list[str]
+    inputs: npt.NDArray[np.float16]  # N x 2 x 26 x S x S
+    labels: npt.NDArray[np.int64]
+    clot_slabs: npt.NDArray[np.int64]  # -1 where unknown
+    probabilities: npt.NDArray[np.float64]  # the synthetic truth, nan where unknown
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    @property
+    def size(self) -> int:
+        """In-plane size S of the inputs."""
+        return int(self.inputs.shape[-1])
+
+
+def read_labels(path: Path) -> list[dict[str, str]]:
+    """Rows of ``labels.csv``; raises :class:`CohortError` naming what is wrong."""
+    if not path.is_file():
+        raise CohortError(f"{path}: no labels.csv (columns case_id,label; label 1 = mTICI >= 2c)")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise CohortError(f"{path}: no cases")
+    for column in ("case_id", "label"):
+        if column not in rows[0]:
+            raise CohortError(f"{path}: column {column!r} is missing")
+    for number, row in enumerate(rows, start=2):
+        if row["label"].strip() not in ("0", "1"):
+            raise CohortError(f"{path} line {number}: label must be 0 or 1, got {row['label']!r}")
+    return rows
+
+
+def load_cohort(
+    root: Path,
+    size: int,
+    *,
+    cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Cohort:
+    """Load every case of ``root`` at in-plane size ``size``, preparing DICOM cases once."""
+    rows = read_labels(root / "labels.csv")
+    cache = cache_dir or root / ".cache"
+    tensors, ids, labels, slabs, probs = [], [], [], [], []
+    excluded: dict[str, str] = {}
+    for number, row in enumerate(rows, start=1):
+        case = row["case_id"].strip()
+        try:
+            tensor = _case_input(root, case, size, cache)
+        except InputSizeError:
+            raise
+        except CohortError as exc:
+            excluded[case] = str(exc)
+            logger.warning("case %s left out: %s", case, exc)
+        else:
+            tensors.append(tensor)
+            ids.append(case)
+            labels.append(int(row["label"]))
+            slabs.append(int(row["clot_slab"]) if row.get("clot_slab", "").strip() else -1)
+            p = row.get("probability", "").strip()
+            probs.append(float(p) if p else float("nan"))
+        if progress is not None:
+            progress(number, len(rows))
+    if not tensors:
+        raise CohortError(f"{root}: none of the {len(rows)} cases could be used")
+    return Cohort(
+        root,
+        ids,
+        np.stack(tensors),
+        np.array(labels, dtype=np.int64),
+        np.array(slabs, dtype=np.int64),
+        np.array(probs, dtype=np.float64),
+        excluded,
+    )
+
+
+def _case_input(root: Path, case: str, size: int, cache: Path) -> npt.NDArray[np.float16]:
+    for candidate in (root / "inputs" / f"{case}.npz", cache / f"{case}-{size}.npz"):
+        if candidate.is_file():
+            with np.load(candidate) as npz:
+                tensor = np.asarray(npz["tensor"], dtype=np.float16)
+            if tensor.shape != (2, 26, size, size):
+                raise InputSizeError(
+                    f"{candidate} holds a {tensor.shape} input; the model takes (2, 26, {size}, "
+                    f"{size}): prepare the cohort at that size"
+                )
+            return tensor
+    study = root / case
+    if not study.is_dir():
+        raise CohortError(f"neither inputs/{case}.npz nor a DICOM folder {case}/ exists")
+    from scanet_node.imaging.prepare import prepare
+    from scanet_node.imaging.qc import NotAnalysable
+
+    try:
+        prepared = prepare(study, size=size)
+    except NotAnalysable as exc:
+        raise CohortError(str(exc)) from exc
+    tensor = prepared.tensor.astype(np.float16)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{case}-{size}.npz"
+    np.savez_compressed(tmp, tensor=tensor)
+    tmp.replace(cache / f"{case}-{size}.npz")
+    return tensor
+
+
+def stratified_folds(labels: npt.ArrayLike, folds: int, seed: int) -> list[npt.NDArray[np.int64]]:
+    """Indices of each validation fold: every class dealt round-robin after a seeded shuffle."""
+    y = np.asarray(labels).astype(int)
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    if min(np.sum(y == 0), np.sum(y == 1)) < folds:
+        raise CohortError(f"each class needs at least {folds} cases for {folds}-fold validation")
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for cls in (0, 1):
+        members = rng.permutation(np.nonzero(y == cls)[0])
+        assignment[members] = (np.arange(len(members)) + offset) % folds
+        offset += len(members)
+    return [np.sort(np.nonzero(assignment == k)[0]) for k in range(folds)]

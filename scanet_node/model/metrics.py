@@ -1,0 +1,142 @@
+"""The paper's five metrics, calibration, and the Table-1-style report.
+
+Plain numpy, so that they can be checked against scikit-learn on fixed numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from scanet_node.synth.outcome import roc_auc
+
+FloatArray = npt.NDArray[np.float64]
+METRIC_NAMES = ("roc_auc", "accuracy", "precision", "sensitivity", "specificity", "brier")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Binary classification metrics at one threshold; ``nan`` where undefined."""
+
+    roc_auc: float
+    accuracy: float
+    precision: float
+    sensitivity: float
+    specificity: float
+    brier: float
+    n: int
+    positives: int
+    threshold: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain values, rounded to 4 places."""
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def compute(probabilities: npt.ArrayLike, labels: npt.ArrayLike, threshold: float = 0.5) -> Metrics:
+    """ROC-AUC, accuracy, precision, sensitivity, specificity (class 1 at ``p >= threshold``)."""
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels).astype(int)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"probabilities {p.shape} and labels {y.shape} must be equal 1-D arrays")
+    predicted = p >= threshold
+    tp = int(np.sum(predicted & (y == 1)))
+    tn = int(np.sum(~predicted & (y == 0)))
+    fp = int(np.sum(predicted & (y == 0)))
+    fn = int(np.sum(~predicted & (y == 1)))
+    auc = roc_auc(p, y) if 0 < y.sum() < len(y) else float("nan")
+    return Metrics(
+        roc_auc=auc,
+        accuracy=_ratio(tp + tn, len(y)),
+        precision=_ratio(tp, tp + fp),
+        sensitivity=_ratio(tp, tp + fn),
+        specificity=_ratio(tn, tn + fp),
+        brier=float(np.mean((p - y) ** 2)) if len(y) else float("nan"),
+        n=len(y),
+        positives=int(y.sum()),
+        threshold=float(threshold),
+    )
+
+
+def roc_curve(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels).astype(int)
+    order = np.argsort(-p, kind="mergesort")
+    p, y = p[order], y[order]
+    distinct = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = (distinct + 1) - tps
+    tpr = np.r_[0.0, tps / max(1, y.sum())]
+    fpr = np.r_[0.0, fps / max(1, len(y) - y.sum())]
+    return fpr, tpr
+
+
+def reliability(
+    probabilities: npt.ArrayLike, labels: npt.ArrayLike, bins: int = 10
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
+    """Mean predicted probability, observed frequency and count per equal-width bin.
+
+    Bins are ``[0, 1/bins], (1/bins, 2/bins], ...`` (scikit-learn's convention); empty bins are
+    left out.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.searchsorted(edges[1:-1], p, side="left")
+    counts = np.bincount(which, minlength=bins)
+    mean_p = np.bincount(which, weights=p, minlength=bins)
+    observed = np.bincount(which, weights=y, minlength=bins)
+    keep = counts > 0
+    return (
+        mean_p[keep] / counts[keep],
+        observed[keep] / counts[keep],
+        counts[keep].astype(np.int64),
+    )
+
+
+def youden_threshold(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The threshold that maximises sensitivity + specificity - 1."""
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels).astype(int)
+    best, best_j = 0.5, -1.0
+    for t in np.unique(p):
+        m = compute(p, y, float(t))
+        j = m.sensitivity + m.specificity - 1.0
+        if j > best_j:
+            best, best_j = float(t), j
+    return best
+
+
+def summarise(per_fold: Sequence[Metrics]) -> dict[str, tuple[float, float]]:
+    """Mean and (sample) standard deviation of each metric over folds."""
+    out = {}
+    for name in METRIC_NAMES:
+        values = np.array([getattr(m, name) for m in per_fold], dtype=float)
+        defined = values[np.isfinite(values)]
+        mean = float(defined.mean()) if len(defined) else float("nan")
+        std = float(defined.std(ddof=1)) if len(defined) > 1 else 0.0
+        out[name] = (mean, std)
+    return out
+
+
+def table(rows: Mapping[str, Sequence[Metrics]], title: str = "") -> str:
+    """A Markdown table shaped like the paper's Table 1: one row per method, mean +- std."""
+    header = "| Method | ROC-AUC | Accuracy | Precision | Sensitivity | Specificity | Brier |"
+    lines = [title, ""] if title else []
+    lines += [header, "|---" * 7 + "|"]
+    for method, folds in rows.items():
+        summary = summarise(folds)
+        cells = []
+        for name in METRIC_NAMES:
+            mean, std = summary[name]
+            cells.append(f"{mean:.3f} ± {std:.3f}" if len(folds) > 1 else f"{mean:.3f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,275 @@
+"""Training: stratified k-fold cross-validation, early stopping, resumable runs.
+
+The paper's settings are the defaults (Adam with weight decay, batch 12, lr 1e-4, up to
+200 epochs, early stopping on validation AUC). Early stopping uses an inner validation
+split of each training part, so the held-out fold never steers training and its metrics
+are honest. Every epoch writes the run's state (model, optimiser, best weights, history,
+random state), so an interrupted run continues where it stopped when started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from scanet_node.model.network import Architecture, Output, build, loss_fn
+from scanet_node.synth.outcome import roc_auc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train; recorded in the card."""
+
+    epochs: int = 200
+    batch_size: int = 12
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    patience: int = 20
+    folds: int = 5
+    seed: int = 0
+    aux_weight: float = 0.25
+    augment: bool = True
+    val_fraction: float = 0.15
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (AMP is always on for CUDA)
+    threads: int = 0  # CPU threads, 0 = torch's default
+
+    def key(self) -> str:
+        """What must match for a saved state to be resumed (more epochs or patience may differ)."""
+        values = asdict(self)
+        for free in ("epochs", "patience", "threads"):
+            values.pop(free)
+        return json.dumps(values, sort_keys=True)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``cuda`` when asked or available under ``auto``, else ``cpu``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def autocast(
+    device: torch.device, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (and on CPU when asked); otherwise nothing."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Left-right flip, in-plane shift up to 1/28 of the size, intensity scale, noise.
+
+    Cheap and label-preserving: the occlusion's side is random in the data, a shift of a few
+    pixels is within registration error, and the scale and noise within scanner variation.
+    """
+    b, c, _, h, _ = x.shape
+    out = x.clone()
+    flip = torch.rand(b, generator=generator) < 0.5
+    out[flip] = out[flip].flip(-1)
+    limit = max(1, h // 28)
+    shifts = torch.randint(-limit, limit + 1, (b, 2), generator=generator)
+    for i in range(b):
+        out[i] = torch.roll(out[i], shifts=(int(shifts[i, 0]), int(shifts[i, 1])), dims=(-2, -1))
+    scale = 1.0 + 0.1 * (torch.rand(b, c, 1, 1, 1, generator=generator) - 0.5)
+    noise = 0.01 * torch.randn(out.shape, generator=generator)
+    inside = out > 0
+    return torch.where(inside, (out * scale + noise).clamp(0.0, 1.0), out)
+
+
+@dataclass
+class Predictions:
+    """Per-case outputs of a model on a set of inputs."""
+
+    probabilities: npt.NDArray[np.float64]
+    slice_weights: npt.NDArray[np.float32]  # N x slices
+
+
+def predict(
+    model: nn.Module,
+    inputs: npt.NDArray[np.floating],
+    *,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    cpu_bf16: bool = False,
+) -> Predictions:
+    """Probabilities and slice weights of ``inputs`` (``N x 2 x D x S x S``), eval mode."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    probs, weights = [], []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            x = torch.as_tensor(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
+            with autocast(device, cpu_bf16):
+                out: Output = model(x.to(device))
+            probs.append(torch.sigmoid(out.logit.float()).cpu().numpy())
+            weights.append(out.slice_weights.float().cpu().numpy())
+    return Predictions(
+        np.concatenate(probs).astype(np.float64), np.concatenate(weights).astype(np.float32)
+    )
+
+
+@dataclass
+class FitResult:
+    """The best weights of one training run and how it went."""
+
+    model: nn.Module
+    best_auc: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        if len(chunk) >= 2:  # batch norm needs two samples
+            yield chunk
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    arch: Architecture,
+    train_x: npt.NDArray[np.floating],
+    train_y: npt.NDArray[np.integer],
+    val_x: npt.NDArray[np.floating],
+    val_y: npt.NDArray[np.integer],
+    settings: TrainSettings,
+    *,
+    state_path: Path | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> FitResult:
+    """Train one network with early stopping on validation AUC; resumable from ``state_path``."""
+    from tqdm import tqdm
+
+    device = pick_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    model = build(arch).to(device)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    history: list[dict[str, float]] = []
+    best_auc, best_epoch, start_epoch = -math.inf, -1, 0
+    best_state = copy.deepcopy(model.state_dict())
+    if state_path is not None and state_path.is_file():
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        if saved.get("key") == settings.key() + arch.kind + str(arch.size):
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            generator.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            best_state, best_auc, best_epoch = (
+                saved["best_state"],
+                saved["best_auc"],
+                saved["best_epoch"],
+            )
+            history, start_epoch = saved["history"], saved["epoch"] + 1
+            logger.info(
+                "%s: resuming after epoch %d (best AUC %.3f)", desc, saved["epoch"] + 1, best_auc
+            )
+        else:
+            logger.warning("%s: %s was made with other settings; starting afresh", desc, state_path)
+    y_train = torch.as_tensor(np.asarray(train_y), dtype=torch.float32)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, settings.epochs):
+        if epoch - best_epoch > settings.patience and best_epoch >= 0:
+            break
+        model.train()
+        total, seen = 0.0, 0
+        batches = list(_batches(len(train_x), settings.batch_size, generator))
+        bar = tqdm(
+            batches,
+            desc=f"{desc} epoch {epoch + 1}",
+            leave=False,
+            disable=not progress,
+            unit="batch",
+        )
+        for index in bar:
+            idx = index.numpy()
+            x = torch.as_tensor(np.asarray(train_x[idx], dtype=np.float32))
+            if settings.augment:
+                x = augment(x, generator)
+            with autocast(device, settings.cpu_bf16):
+                out = model(x.to(device))
+            loss = loss_fn(out, y_train[index].to(device), settings.aux_weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        val = predict(model, val_x, device=device, cpu_bf16=settings.cpu_bf16)
+        auc = roc_auc(val.probabilities, val_y) if 0 < np.sum(val_y) < len(val_y) else float("nan")
+        history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "val_auc": auc})
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        line = (
+            f"{desc} epoch {epoch + 1}: loss {total / max(seen, 1):.4f}, val AUC {auc:.3f} "
+            f"(best {best_auc:.3f} at epoch {best_epoch + 1})"
+        )
+        (tqdm.write if progress else logger.info)(line)
+        if state_path is not None:
+            _save_state(
+                state_path,
+                {
+                    "key": settings.key() + arch.kind + str(arch.size),
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "best_state": best_state,
+                    "best_auc": best_auc,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                },
+            )
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, float(best_auc), best_epoch + 1, epoch + 1, history)
+
+
+def inner_split(
+    labels: npt.ArrayLike, fraction: float, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Stratified (train, validation) indices with ``fraction`` of each class in validation."""
+    y = np.asarray(labels).astype(int)
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for cls in (0, 1):
+        members = rng.permutation(np.nonzero(y == cls)[0])
+        val.extend(int(i) for i in members[: max(1, round(fraction * len(members)))])
+    val_idx = np.sort(np.array(val, dtype=np.int64))
+    train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
+    return train_idx, val_idx

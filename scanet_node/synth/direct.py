@@ -1,0 +1,172 @@
+"""The SCANet input of a synthetic study, made straight from the phantom in template space.
+
+Preparing a study from its DICOM costs ~15 s (brain extraction, ANTs registration); a
+cohort of hundreds costs hours. A synthetic study is defined in MNI space in the first
+place, so its template-space input can be sampled from the phantom directly: the same
+fine grid as :func:`scanet_node.imaging.model_input.fine_grid`, the same 5-plane slab
+averaging, the same windows and intracranial mask, with scanner-like noise added.
+``tests/integration/test_synth_direct.py`` checks that this matches what
+:func:`scanet_node.imaging.prepare.prepare` makes of the same study's DICOM.
+
+What differs, knowingly: no registration error, no reconstruction blur beyond the
+phantom's own partial-volume edges, and independent (white) noise per fine plane.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi  # type: ignore[import-untyped,unused-ignore]
+
+from scanet_node.imaging.model_input import (
+    CTA_WINDOW_HU,
+    NCCT_WINDOW_HU,
+    PLANES_PER_SLAB,
+    SLAB_MM,
+    Z_BOTTOM_MNI,
+    fine_grid,
+    to_slabs,
+    window,
+)
+from scanet_node.synth.cohort import (
+    _LABEL_COLUMNS,
+    _STREAM_IMAGES,
+    CohortSummary,
+    StudyPlan,
+    oracle_auc,
+    plan_cohort,
+)
+
+#: Noise (HU, standard deviation) added to each 1 mm plane before slab averaging: the
+#: scanner's noise after registration has resampled it onto the 1 mm planes.
+NCCT_PLANE_NOISE_HU = 3.0
+CTA_PLANE_NOISE_HU = 6.0
+MASK_MARGIN_MM = 1.5
+
+
+@functools.cache
+def _mask(size: int) -> npt.NDArray[np.bool_]:
+    """The template's intracranial mask on the slabs, grown as ``prepare`` grows it."""
+    from scanet_node.imaging.template import load_template
+
+    template = load_template()
+    grid = fine_grid(size)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    points = grid.index_to_mni(np.stack([i, j, k], axis=-1).astype(np.float64))
+    idx = template.grid.mni_to_index(points)
+    inside = ndi.map_coordinates(
+        template.brain_mask.astype(np.float32),
+        [idx[..., 2], idx[..., 1], idx[..., 0]],
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
+    spacing = np.array(grid.spacing)[::-1]
+    radius = np.maximum(1, np.round(MASK_MARGIN_MM / spacing)).astype(int)
+    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
+    fine = ndi.binary_dilation(inside >= 0.5, structure=structure)
+    mask = to_slabs(fine.astype(np.float32)) > 0.0
+    mask.setflags(write=False)
+    return mask
+
+
+def clot_slab(plan: StudyPlan) -> int:
+    """Index of the slab that holds the clot's centre."""
+    z = float(occlusion(plan).clot_center_mni[2])
+    return int(np.clip(np.round((z - Z_BOTTOM_MNI) / SLAB_MM), 0, 25))
+
+
+def occlusion(plan: StudyPlan) -> Any:
+    from scanet_node.synth.vessels import Occlusion
+
+    f = plan.features
+    return Occlusion(
+        side=f.side,
+        site=f.site,
+        length_mm=f.length_mm,
+        start_fraction=f.start_fraction,
+        clot_hu=f.clot_hu,
+        collateral_grade=f.collateral_grade,
+    )
+
+
+def template_input(plan: StudyPlan, size: int = 224) -> npt.NDArray[np.float32]:
+    """``(2, 26, size, size)`` float32 in 0..1: the study's model input, without DICOM."""
+    from scanet_node.synth.phantom import Phantom
+
+    images_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES])
+    # The same contrast level write_study draws first from this stream.
+    contrast_hu = float(images_rng.uniform(320.0, 440.0))
+    phantom = Phantom(occlusion(plan), contrast_hu=contrast_hu, seed=plan.index)
+    noise_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES, 1])
+    grid = fine_grid(size)
+    planes = grid.shape[0]
+    j, i = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    channels = []
+    for phase, sigma, win in (
+        ("ncct", NCCT_PLANE_NOISE_HU, NCCT_WINDOW_HU),
+        ("cta", CTA_PLANE_NOISE_HU, CTA_WINDOW_HU),
+    ):
+        fine = np.empty((planes, size, size), dtype=np.float32)
+        for k in range(planes):
+            ijk = np.stack([i, j, np.full_like(i, k)], axis=-1).astype(np.float64)
+            fine[k] = phantom.sample(grid.index_to_mni(ijk), phase)
+        fine += noise_rng.normal(0.0, sigma, fine.shape).astype(np.float32)
+        channels.append(window(to_slabs(fine), *win))
+    mask = _mask(size)
+    tensor = np.stack([np.where(mask, c, 0.0) for c in channels]).astype(np.float32)
+    assert tensor.shape[1] * PLANES_PER_SLAB == planes
+    return tensor
+
+
+def generate_template_cohort(
+    out_dir: Path,
+    studies: int,
+    seed: int,
+    *,
+    size: int = 224,
+    progress: Callable[[int, int], None] | None = None,
+) -> CohortSummary:
+    """Write ``inputs/<case>.npz`` (the model input, float16) and ``labels.csv``; no DICOM.
+
+    The cohort's studies are those :func:`~scanet_node.synth.cohort.generate_cohort` writes as
+    DICOM for the same seed; ``labels.csv`` adds the clot's slab for attention checks.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "inputs").mkdir(exist_ok=True)
+    started = time.perf_counter()
+    plans = plan_cohort(studies, seed)
+    summary = CohortSummary(out_dir, studies, sum(p.label for p in plans), None, 0.0)
+    rows = []
+    for number, plan in enumerate(plans, start=1):
+        tensor = template_input(plan, size)
+        slab = clot_slab(plan)
+        np.savez_compressed(
+            out_dir / "inputs" / f"{plan.case_id}.npz",
+            tensor=tensor.astype(np.float16),
+            clot_slab=np.int16(slab),
+        )
+        f = plan.features
+        rows.append(
+            [
+                *(plan.case_id, "", plan.label, plan.probability, f.side, f.site),
+                *(f.length_mm, f.clot_hu, f.collateral_grade, slab),
+            ]
+        )
+        if progress is not None:
+            progress(number, studies)
+    with (out_dir / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*_LABEL_COLUMNS, "clot_slab"])
+        writer.writerows(rows)
+    if 0 < summary.positives < studies:
+        summary.oracle_auc = oracle_auc(plans)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,78 @@
+"""The synthetic generator's template-space input matches what prepare() makes of the DICOM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scanet_node.cli import main
+from scanet_node.imaging.model_input import slab_grid
+from scanet_node.imaging.prepare import prepare
+from scanet_node.synth.cohort import plan_study, write_study
+from scanet_node.synth.direct import clot_slab, occlusion, template_input
+
+SIZE = 112  # the demo weights' input size
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, int]:
+    out = tmp_path_factory.mktemp("direct")
+    plan = plan_study(31, 4)
+    manifest = write_study(out, plan)
+    prepared = prepare(out / manifest["case_id"], size=SIZE).tensor
+    return template_input(plan, SIZE), prepared, clot_slab(plan)
+
+
+def test_direct_input_correlates_with_prepare(both: tuple[np.ndarray, np.ndarray, int]) -> None:
+    direct, prepared, _ = both
+    assert direct.shape == prepared.shape == (2, 26, SIZE, SIZE)
+    for channel, name in enumerate(("NCCT", "CTA")):
+        r = np.corrcoef(direct[channel].ravel(), prepared[channel].ravel())[0, 1]
+        assert r >= 0.95, f"{name}: correlation {r:.3f}"
+    # the same intracranial mask, to within the registration's error at its edge
+    inside_d, inside_p = direct[0] > 0, prepared[0] > 0
+    dice = 2 * (inside_d & inside_p).sum() / (inside_d.sum() + inside_p.sum())
+    assert dice > 0.95
+    # brain HU level and the brightest vessels agree
+    both_inside = inside_d & inside_p
+    assert np.median(direct[0][both_inside]) == pytest.approx(
+        np.median(prepared[0][both_inside]), abs=0.03
+    )
+    assert np.percentile(direct[1][both_inside], 99.9) == pytest.approx(
+        np.percentile(prepared[1][both_inside], 99.9), rel=0.25
+    )
+
+
+def test_clot_slab_is_where_the_cta_is_dark(both: tuple[np.ndarray, np.ndarray, int]) -> None:
+    direct, prepared, slab = both
+    assert 4 <= slab <= 10  # MCA level
+    clot = np.asarray(occlusion(plan_study(31, 4)).clot_center_mni)
+    mirror = clot * np.array([-1.0, 1.0, 1.0])  # the patent artery on the other side
+    grid = slab_grid(SIZE)
+
+    def cta_near(tensor: np.ndarray, mni: np.ndarray) -> float:
+        col, row, k = np.round(grid.mni_to_index(mni)).astype(int)
+        assert k == slab
+        return float(tensor[1, k, row - 1 : row + 2, col - 1 : col + 2].max())
+
+    for tensor in (direct, prepared):
+        assert cta_near(tensor, mirror) > 1.5 * cta_near(tensor, clot)
+
+
+def test_synth_template_space_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c"
+    argv = ["synth", "--template-space", "--size", "32", "--studies", "3", "--seed", "5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "inputs").iterdir()) == [
+        "SYN0005-0000.npz",
+        "SYN0005-0001.npz",
+        "SYN0005-0002.npz",
+    ]
+    with np.load(out / "inputs" / "SYN0005-0001.npz") as npz:
+        assert npz["tensor"].shape == (2, 26, 32, 32)
+        assert int(npz["clot_slab"]) == clot_slab(plan_study(5, 1))
+    header = (out / "labels.csv").read_text().splitlines()[0]
+    assert header.startswith("case_id,") and header.endswith(",clot_slab")
+    assert "SYNTHETIC DATA" in capsys.readouterr().out
