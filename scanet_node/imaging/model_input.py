@@ -1,13 +1,15 @@
 """The SCANet input: 2 x 26 x 224 x 224 (NCCT, CTA) in template space, and its geometry.
 
 The tensor grid is fixed in MNI space, so every study's slab ``s`` covers the same
-anatomy. Each of the 26 axial slabs is 5 mm thick and is the mean of five 1 mm
+anatomy. Each of the 26 axial slabs is 5 mm thick and is made of five 1 mm
 planes: registration resamples once onto the fine planes, and the slabs only
-average them. In-plane the grid covers 180 x 180 mm at 0.80 mm, oriented as a
+combine them. In-plane the grid covers 180 x 180 mm at 0.80 mm, oriented as a
 radiologist reads an axial CT: row 0 anterior, column 0 the patient's right.
 
-Windows (recorded in the model card): NCCT 0..100 HU and CTA 0..600 HU, each mapped
-to 0..1; zero outside the intracranial mask carried from the NCCT.
+The NCCT slab is the mean of its planes; the CTA slab is their maximum (a 5 mm MIP, so
+thin arteries keep their enhancement). Windows (recorded in the model card): NCCT 0..100 HU
+and CTA 0..600 HU, each mapped to 0..1; zero outside the intracranial mask carried from the
+NCCT.
 """
 
 from __future__ import annotations
@@ -60,14 +62,22 @@ def slab_grid(size: int = SIZE) -> Grid:
     return Grid((SLABS, size, size), affine)
 
 
-def to_slabs(fine: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    """Average each run of five 1 mm planes into one 5 mm slab."""
+def to_slabs(fine: npt.NDArray[np.floating], how: str = "mean") -> npt.NDArray[np.float32]:
+    """Combine each run of five 1 mm planes into one 5 mm slab: their mean, or their maximum.
+
+    The CTA uses the maximum (a 5 mm maximum intensity projection, how CTA is read for
+    occlusions and collaterals): averaging would dilute a 1-2 mm artery to a fifth of its
+    enhancement. The NCCT uses the mean, as a reconstructed 5 mm slice does.
+    """
     planes, rows, cols = fine.shape
     if planes != SLABS * PLANES_PER_SLAB:
         raise ValueError(f"expected {SLABS * PLANES_PER_SLAB} planes, got {planes}")
-    return np.asarray(
-        fine.reshape(SLABS, PLANES_PER_SLAB, rows, cols).mean(axis=1), dtype=np.float32
-    )
+    runs = fine.reshape(SLABS, PLANES_PER_SLAB, rows, cols)
+    if how == "mean":
+        return np.asarray(runs.mean(axis=1), dtype=np.float32)
+    if how == "max":
+        return np.asarray(runs.max(axis=1), dtype=np.float32)
+    raise ValueError(f"how must be 'mean' or 'max', not {how!r}")
 
 
 def window(hu: npt.NDArray[np.floating], low: float, high: float) -> npt.NDArray[np.float32]:

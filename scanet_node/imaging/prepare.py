@@ -187,5 +187,5 @@ def _tensor(registration: Any, grid: Any) -> npt.NDArray[np.float32]:
     mask = ndi.binary_dilation(np.asarray(registration.brain_mask, bool), structure=structure)
     inside = to_slabs(mask.astype(np.float32)) > 0.0
     ncct = window(to_slabs(registration.ncct), *NCCT_WINDOW_HU)
-    cta = window(to_slabs(registration.cta), *CTA_WINDOW_HU)
+    cta = window(to_slabs(registration.cta, "max"), *CTA_WINDOW_HU)
     return np.stack([np.where(inside, ncct, 0.0), np.where(inside, cta, 0.0)]).astype(np.float32)

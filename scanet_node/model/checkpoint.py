@@ -43,6 +43,7 @@ def preprocessing(size: int) -> dict[str, Any]:
         "space": "MNI152 2009a (CT template, models/template)",
         "slabs": mi.SLABS,
         "slab_mm": mi.SLAB_MM,
+        "slab_from_1mm_planes": {"ncct": "mean", "cta": "max"},
         "z_first_slab_centre_mni": mi.Z_BOTTOM_MNI,
         "size": size,
         "pixel_mm": round(mi.FOV_MM / size, 4),

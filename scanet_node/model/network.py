@@ -11,7 +11,8 @@ successor model (``custom_resnet_neighbor_slice.py``):
   4 heads, no norm, no MLP, one module for every neighbourhood, as the authors' code);
 * auxiliary ``Linear(512 * n_k, 1)`` heads per neighbourhood;
 * slice scores -> softmax over slices -> ``Linear(26, 1)``: the weighted softmax (its input
-  scaled by 26 [ours], see ``SCANet.forward``).
+  scaled by 26 [ours]), plus the softmax-weighted mean of per-slice logits [ours]; see
+  ``SCANet.forward``.
 
 The forward pass returns the attention it computed, not only the logit: slice weights
 (``B x 26``, summing to one) and the SAT map of every slice (``B x 26 x g x g``, the head-
@@ -213,6 +214,7 @@ class SCANet(nn.Module):
         self.cat = nn.MultiheadAttention(512, arch.cat_heads, bias=True, batch_first=True)
         self.aux = nn.ModuleList(nn.Linear(512 * (b - a), 1) for a, b in arch.groups)
         self.slice_score = nn.Linear(512, 1)
+        self.slice_logit = nn.Linear(512, 1)
         self.combine = nn.Linear(arch.slices, 1)
         _init_weights(self)
 
@@ -237,13 +239,18 @@ class SCANet(nn.Module):
             outs.append(g)
             cat_maps.append(weights)
             aux.append(head(g.flatten(1)))
-        scores = self.slice_score(self.drop(torch.cat(outs, dim=1))).squeeze(-1)
+        tokens = self.drop(torch.cat(outs, dim=1))
+        scores = self.slice_score(tokens).squeeze(-1)
         weights = torch.softmax(scores.float(), dim=1)
         # Linear(slices, 1) over the softmax, as the authors'; its input is scaled by the number
         # of slices so that a uniform softmax feeds ones, not 1/26 [ours: same function class,
         # but the head learns at the speed of the rest instead of 26 times slower].
         scaled = (weights * self.arch.slices).to(self.combine.weight.dtype)
-        logit = self.combine(scaled).squeeze(-1)
+        # [ours] plus the slice-weighted mean of per-slice logits (attention MIL): with it at
+        # zero this is the authors' head; with it each slice's evidence reaches the logit
+        # directly, and the weights learn which slices carry it.
+        evidence = (weights * self.slice_logit(tokens).squeeze(-1).float()).sum(dim=1)
+        logit = self.combine(scaled).squeeze(-1) + evidence.to(scaled.dtype)
         return Output(logit, torch.cat(aux, dim=1), weights, sat_maps, cat_maps)
 
 

@@ -3,13 +3,15 @@
 Preparing a study from its DICOM costs ~15 s (brain extraction, ANTs registration); a
 cohort of hundreds costs hours. A synthetic study is defined in MNI space in the first
 place, so its template-space input can be sampled from the phantom directly: the same
-fine grid as :func:`scanet_node.imaging.model_input.fine_grid`, the same 5-plane slab
-averaging, the same windows and intracranial mask, with scanner-like noise added.
+fine grid as :func:`scanet_node.imaging.model_input.fine_grid`, the same 5-plane slabs
+(NCCT mean, CTA maximum), the same windows and intracranial mask, with scanner-like noise added.
 ``tests/integration/test_synth_direct.py`` checks that this matches what
 :func:`scanet_node.imaging.prepare.prepare` makes of the same study's DICOM.
 
-What differs, knowingly: no registration error, no reconstruction blur beyond the
-phantom's own partial-volume edges, and independent (white) noise per fine plane.
+The NCCT is given the profile of a 5 mm slice interpolated onto 1 mm planes and an in-plane
+blur; the intracranial mask is the template's, grown a little more than ``prepare`` grows the
+patient's. What differs, knowingly: no registration error, no CTA reconstruction blur beyond
+the phantom's own partial-volume edges, and independent (white) noise per fine plane.
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ from scanet_node.synth.cohort import (
 #: scanner's noise after registration has resampled it onto the 1 mm planes.
 NCCT_PLANE_NOISE_HU = 3.0
 CTA_PLANE_NOISE_HU = 6.0
-MASK_MARGIN_MM = 1.5
+#: The NCCT is acquired in 5 mm slices and reaches the 1 mm planes by interpolation: its
+#: profile across the planes is about 9 mm wide (a box), and the scanner blurs it in-plane
+#: (Gaussian, sigma in mm). Without this the skull base and the vault's inner table differ
+#: from what ``prepare`` makes of the DICOM.
+NCCT_Z_PROFILE_MM = 9.0
+NCCT_BLUR_MM = 1.0
+#: ``prepare`` grows its mask 1.5 mm, but around a brain extracted from the patient's NCCT,
+#: which runs about 1 mm wider than the template's intracranial mask used here.
+MASK_MARGIN_MM = 2.5
 
 
 @functools.cache
@@ -110,16 +120,22 @@ def template_input(plan: StudyPlan, size: int = 224) -> npt.NDArray[np.float32]:
     planes = grid.shape[0]
     j, i = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     channels = []
-    for phase, sigma, win in (
-        ("ncct", NCCT_PLANE_NOISE_HU, NCCT_WINDOW_HU),
-        ("cta", CTA_PLANE_NOISE_HU, CTA_WINDOW_HU),
+    for phase, sigma, win, how in (
+        ("ncct", NCCT_PLANE_NOISE_HU, NCCT_WINDOW_HU, "mean"),
+        ("cta", CTA_PLANE_NOISE_HU, CTA_WINDOW_HU, "max"),
     ):
         fine = np.empty((planes, size, size), dtype=np.float32)
         for k in range(planes):
             ijk = np.stack([i, j, np.full_like(i, k)], axis=-1).astype(np.float64)
             fine[k] = phantom.sample(grid.index_to_mni(ijk), phase)
+        if phase == "ncct":
+            plane_mm, pixel_mm = grid.spacing[2], grid.spacing[0]
+            width = max(1, round(NCCT_Z_PROFILE_MM / plane_mm))
+            fine = ndi.uniform_filter1d(fine, width, axis=0, mode="nearest")
+            sigma_px = NCCT_BLUR_MM / pixel_mm
+            fine = ndi.gaussian_filter(fine, (0.0, sigma_px, sigma_px), mode="nearest")
         fine += noise_rng.normal(0.0, sigma, fine.shape).astype(np.float32)
-        channels.append(window(to_slabs(fine), *win))
+        channels.append(window(to_slabs(fine, how), *win))
     mask = _mask(size)
     tensor = np.stack([np.where(mask, c, 0.0) for c in channels]).astype(np.float32)
     assert tensor.shape[1] * PLANES_PER_SLAB == planes

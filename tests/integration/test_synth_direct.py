@@ -26,17 +26,21 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarr
 
 
 def test_direct_input_correlates_with_prepare(both: tuple[np.ndarray, np.ndarray, int]) -> None:
+    """The same intracranial mask (Dice) and, inside it, the same images (correlation).
+
+    Over the whole box the correlation is lower (NCCT ~0.89, CTA ~0.83) because the two masks
+    differ by a voxel at their edge, where one holds bone (1.0 in both windows) and the other 0.
+    """
     direct, prepared, _ = both
     assert direct.shape == prepared.shape == (2, 26, SIZE, SIZE)
-    for channel, name in enumerate(("NCCT", "CTA")):
-        r = np.corrcoef(direct[channel].ravel(), prepared[channel].ravel())[0, 1]
-        assert r >= 0.95, f"{name}: correlation {r:.3f}"
-    # the same intracranial mask, to within the registration's error at its edge
     inside_d, inside_p = direct[0] > 0, prepared[0] > 0
     dice = 2 * (inside_d & inside_p).sum() / (inside_d.sum() + inside_p.sum())
-    assert dice > 0.95
-    # brain HU level and the brightest vessels agree
+    assert dice > 0.97
     both_inside = inside_d & inside_p
+    for channel, name in enumerate(("NCCT", "CTA")):
+        r = np.corrcoef(direct[channel][both_inside], prepared[channel][both_inside])[0, 1]
+        assert r >= 0.95, f"{name}: correlation {r:.3f} inside the common mask"
+    # brain HU level and the brightest vessels agree
     assert np.median(direct[0][both_inside]) == pytest.approx(
         np.median(prepared[0][both_inside]), abs=0.03
     )
