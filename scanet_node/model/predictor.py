@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from scanet_node.imaging.model_input import ModelInput
-from scanet_node.model.checkpoint import ModelCard, load_checkpoint
+from scanet_node.model.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from scanet_node.model.train import autocast, pick_device
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ class Predictor:
         self, checkpoint: Path | None = None, *, device: str = "auto", threads: int | None = None
     ) -> None:
         self.path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+        if checkpoint is None and not self.path.is_file():
+            raise CheckpointError(
+                f"no demo weights are shipped yet ({self.path} is missing): train a model with "
+                "'scanet-node train' and pass its checkpoint ([model] checkpoint, --checkpoint)"
+            )
         model, card = load_checkpoint(self.path)
         self.device = pick_device(device)
         if self.device.type == "cpu" and threads:

@@ -130,3 +130,13 @@ def test_predictor_is_deterministic_on_cpu(saved: tuple[Path, torch.nn.Module]) 
     assert predictor.describe()["synthetic"] is True
     with pytest.raises(ValueError, match="prepare at size 32"):
         predictor.predict(np.zeros((2, 26, 64, 64), dtype=np.float32))
+
+
+def test_predictor_without_shipped_weights_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scanet_node.model.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "DEFAULT_CHECKPOINT", tmp_path / "scanet-demo.pt")
+    with pytest.raises(CheckpointError, match="no demo weights are shipped yet"):
+        Predictor()
