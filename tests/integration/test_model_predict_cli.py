@@ -1,4 +1,4 @@
-"""``scanet-node predict``: one DICOM study, prepared at the checkpoint's size, through the model."""
+"""`scanet-node predict`: a DICOM study, prepared at the checkpoint's size, through the model."""
 
 from __future__ import annotations
 
