@@ -231,6 +231,13 @@ class SCANet(nn.Module):
     def forward(self, x: Tensor) -> Output:
         _check_input(x, self.arch)
         features, sat_maps = self.slice_features(x)
+        # The heads are small: run them in float32 even under autocast, so that logits close
+        # to each other stay distinct (bfloat16 keeps 3 significant digits) and AUCs have no
+        # artificial ties.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._heads(features.float(), sat_maps.float())
+
+    def _heads(self, features: Tensor, sat_maps: Tensor) -> Output:
         outs, aux, cat_maps = [], [], []
         for (a, b), head in zip(self.arch.groups, self.aux, strict=True):
             g = features[:, a:b]
@@ -241,16 +248,16 @@ class SCANet(nn.Module):
             aux.append(head(g.flatten(1)))
         tokens = self.drop(torch.cat(outs, dim=1))
         scores = self.slice_score(tokens).squeeze(-1)
-        weights = torch.softmax(scores.float(), dim=1)
+        weights = torch.softmax(scores, dim=1)
         # Linear(slices, 1) over the softmax, as the authors'; its input is scaled by the number
         # of slices so that a uniform softmax feeds ones, not 1/26 [ours: same function class,
         # but the head learns at the speed of the rest instead of 26 times slower].
-        scaled = (weights * self.arch.slices).to(self.combine.weight.dtype)
+        scaled = weights * self.arch.slices
         # [ours] plus the slice-weighted mean of per-slice logits (attention MIL): with it at
         # zero this is the authors' head; with it each slice's evidence reaches the logit
         # directly, and the weights learn which slices carry it.
-        evidence = (weights * self.slice_logit(tokens).squeeze(-1).float()).sum(dim=1)
-        logit = self.combine(scaled).squeeze(-1) + evidence.to(scaled.dtype)
+        evidence = (weights * self.slice_logit(tokens).squeeze(-1)).sum(dim=1)
+        logit = self.combine(scaled).squeeze(-1) + evidence
         return Output(logit, torch.cat(aux, dim=1), weights, sat_maps, cat_maps)
 
 
@@ -277,8 +284,9 @@ class ResNet34Slices(nn.Module):
         r = self.backbone
         f = r.stem(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w))
         f = r.layer4(r.layer3(r.layer2(r.layer1(f))))
-        f = self.pool(f).flatten(1).view(b, d, 512).mean(dim=1)
-        logit = self.fc(self.drop(f)).squeeze(-1)
+        with torch.autocast(x.device.type, enabled=False):  # float32 head, as SCANet's
+            f = self.pool(f.float()).flatten(1).view(b, d, 512).mean(dim=1)
+            logit = self.fc(self.drop(f)).squeeze(-1)
         uniform = torch.full((b, d), 1.0 / d, device=x.device)
         return Output(logit, logit.new_zeros(b, 0), uniform, logit.new_zeros(b, d, 0, 0))
 
