@@ -120,3 +120,14 @@ def test_architecture_is_checked() -> None:
     assert Architecture.from_dict(arch.as_dict()) == arch
     with pytest.raises(ValueError, match=r"B x 2 x 26 x 32 x 32 input, got \(1, 2, 26, 64, 64\)"):
         SCANet(Architecture(size=SMALL))(_input(1, 64))
+
+
+@pytest.mark.parametrize("kind", ["scanet", "resnet34"])
+def test_heads_stay_float32_under_bf16_autocast(kind: str) -> None:
+    """Untrained logits differ by ~1e-3; bfloat16 would round them into ties (AUC 0.5)."""
+    torch.manual_seed(0)
+    model = build(Architecture(kind=kind, size=SMALL)).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_input(6, SMALL))
+    assert out.logit.dtype == torch.float32 and out.slice_weights.dtype == torch.float32
+    assert len(set(out.logit.tolist())) == 6
