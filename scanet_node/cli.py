@@ -225,6 +225,7 @@ def _train_settings(args: argparse.Namespace) -> Any:
         device=args.device,
         cpu_bf16=args.cpu_bf16,
         threads=args.threads,
+        subtract_mean=args.subtract_mean,
     )
 
 
@@ -411,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU")
     train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     train.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    train.add_argument(
+        "--subtract-mean",
+        action="store_true",
+        help="the networks subtract the training inputs' mean image (stored with the weights)",
+    )
     train.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,

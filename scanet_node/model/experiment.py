@@ -26,7 +26,6 @@ import numpy.typing as npt
 from scanet_node.model import metrics as mt
 from scanet_node.model.data import Cohort, stratified_folds
 from scanet_node.model.features import HUBaseline, hu_features
-from scanet_node.model.network import Architecture
 from scanet_node.model.train import TrainSettings, fit, inner_split, predict
 
 logger = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def cross_validate(
                 )
                 fit_idx, es_idx = train_idx[inner_train], train_idx[inner_val]
                 fitted = fit(
-                    Architecture(kind=method, size=cohort.size),
+                    settings.architecture(method, cohort.size),
                     cohort.inputs[fit_idx],
                     cohort.labels[fit_idx],
                     cohort.inputs[es_idx],
@@ -364,7 +363,7 @@ def train_final(
 
     inner_train, inner_val = inner_split(cohort.labels, settings.val_fraction, settings.seed)
     result = fit(
-        Architecture(kind=kind, size=cohort.size),
+        settings.architecture(kind, cohort.size),
         cohort.inputs[inner_train],
         cohort.labels[inner_train],
         cohort.inputs[inner_val],

@@ -51,6 +51,10 @@ class Architecture:
     sat_dropout: float = 0.1
     cat_heads: int = 4
     dropout: float = 0.2
+    #: Subtract the training cohort's mean input (a buffer saved with the weights) [ours]:
+    #: studies registered to one template share most of their image, and what tells them
+    #: apart (arteries, clot, asymmetry) is what is left. Off by default (the paper's input).
+    subtract_mean: bool = False
     version: int = field(default=ARCHITECTURE_VERSION)
 
     def __post_init__(self) -> None:
@@ -217,10 +221,12 @@ class SCANet(nn.Module):
         self.slice_logit = nn.Linear(512, 1)
         self.combine = nn.Linear(arch.slices, 1)
         _init_weights(self)
+        _add_mean_buffer(self, arch)
 
     def slice_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-slice 512-d features ``B x D x 512`` and SAT maps ``B x D x g x g``."""
         b, c, d, h, w = x.shape
+        x = _centre(self, x)
         f = self.global_block(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w))
         f = self.layer3(self.layer2(f))
         f, received = self.sat(f)
@@ -277,10 +283,12 @@ class ResNet34Slices(nn.Module):
         self.drop = nn.Dropout(arch.dropout)
         self.fc = nn.Linear(512, 1)
         _init_weights(self)
+        _add_mean_buffer(self, arch)
 
     def forward(self, x: Tensor) -> Output:
         _check_input(x, self.arch)
         b, c, d, h, w = x.shape
+        x = _centre(self, x)
         r = self.backbone
         f = r.stem(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w))
         f = r.layer4(r.layer3(r.layer2(r.layer1(f))))
@@ -289,6 +297,24 @@ class ResNet34Slices(nn.Module):
             logit = self.fc(self.drop(f)).squeeze(-1)
         uniform = torch.full((b, d), 1.0 / d, device=x.device)
         return Output(logit, logit.new_zeros(b, 0), uniform, logit.new_zeros(b, d, 0, 0))
+
+
+def _add_mean_buffer(module: nn.Module, arch: Architecture) -> None:
+    if arch.subtract_mean:
+        shape = (arch.in_channels, arch.slices, arch.size, arch.size)
+        module.register_buffer("input_mean", torch.zeros(shape))
+
+
+def _centre(module: nn.Module, x: Tensor) -> Tensor:
+    mean = getattr(module, "input_mean", None)
+    return x if mean is None else x - mean
+
+
+def set_input_mean(model: nn.Module, inputs: Tensor) -> None:
+    """Store the mean of ``N x C x D x S x S`` training inputs (no-op without the buffer)."""
+    mean = getattr(model, "input_mean", None)
+    if isinstance(mean, Tensor):
+        mean.copy_(inputs.float().mean(dim=0).to(mean.device))
 
 
 def _check_input(x: Tensor, arch: Architecture) -> None:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from scanet_node.model.network import Architecture, Output, build, loss_fn
+from scanet_node.model.network import Architecture, Output, build, loss_fn, set_input_mean
 from scanet_node.synth.outcome import roc_auc
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class TrainSettings:
     device: str = "auto"  # "auto", "cpu", "cuda"
     cpu_bf16: bool = False  # bf16 autocast on CPU too (AMP is always on for CUDA)
     threads: int = 0  # CPU threads, 0 = torch's default
+    subtract_mean: bool = False  # the networks subtract the training inputs' mean [ours]
+
+    def architecture(self, kind: str, size: int) -> Architecture:
+        """The network these settings train."""
+        return Architecture(kind=kind, size=size, subtract_mean=self.subtract_mean)
 
     def key(self) -> str:
         """What must match for a saved state to be resumed (more epochs or patience may differ)."""
@@ -174,6 +179,11 @@ def fit(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model = build(arch).to(device)
+    if arch.subtract_mean:
+        total_mean = np.zeros(train_x.shape[1:], dtype=np.float64)
+        for start in range(0, len(train_x), 32):
+            total_mean += np.asarray(train_x[start : start + 32], dtype=np.float64).sum(axis=0)
+        set_input_mean(model, torch.as_tensor(total_mean / len(train_x))[None])
     optimiser = torch.optim.Adam(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )

@@ -11,6 +11,7 @@ from scanet_node.model.network import (
     SCANet,
     build,
     loss_fn,
+    set_input_mean,
 )
 
 SMALL = 32  # SAT grid 2 x 2: every shape rule holds, a forward pass takes milliseconds
@@ -131,3 +132,17 @@ def test_heads_stay_float32_under_bf16_autocast(kind: str) -> None:
         out = model(_input(6, SMALL))
     assert out.logit.dtype == torch.float32 and out.slice_weights.dtype == torch.float32
     assert len(set(out.logit.tolist())) == 6
+
+
+def test_mean_subtraction_is_a_saved_buffer() -> None:
+    torch.manual_seed(0)
+    centred = SCANet(Architecture(size=SMALL, subtract_mean=True)).eval()
+    plain = SCANet(Architecture(size=SMALL)).eval()
+    plain.load_state_dict(
+        {k: v for k, v in centred.state_dict().items() if k != "input_mean"}, strict=True
+    )
+    x, mean = _input(2, SMALL), torch.rand(2, 26, SMALL, SMALL)
+    set_input_mean(centred, mean[None].expand(4, -1, -1, -1, -1))
+    assert torch.equal(centred.state_dict()["input_mean"], mean)
+    with torch.inference_mode():
+        assert torch.allclose(centred(x).logit, plain(x - mean).logit, atol=1e-6)
