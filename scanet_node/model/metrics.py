@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from scanet_node.synth.outcome import roc_auc
-
 FloatArray = npt.NDArray[np.float64]
 METRIC_NAMES = ("roc_auc", "accuracy", "precision", "sensitivity", "specificity", "brier")
 
@@ -34,6 +32,26 @@ class Metrics:
     def as_dict(self) -> dict[str, float]:
         """Plain values, rounded to 4 places."""
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC-AUC by the Mann-Whitney statistic, ties counted half."""
+    scores = np.asarray(scores, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = scores[labels], scores[~labels]
+    if len(positives) == 0 or len(negatives) == 0:
+        raise ValueError("ROC-AUC needs both classes")
+    order = np.argsort(np.concatenate([positives, negatives]), kind="mergesort")
+    ranks = np.empty(len(order), dtype=float)
+    ranks[order] = np.arange(1, len(order) + 1)
+    # average ranks of ties
+    values = np.concatenate([positives, negatives])
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    rank_sum = ranks[: len(positives)].sum()
+    u = rank_sum - len(positives) * (len(positives) + 1) / 2
+    return float(u / (len(positives) * len(negatives)))
 
 
 def _ratio(num: float, den: float) -> float:

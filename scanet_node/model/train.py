@@ -25,8 +25,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from scanet_node.model.metrics import roc_auc
 from scanet_node.model.network import Architecture, Output, build, loss_fn, set_input_mean
-from scanet_node.synth.outcome import roc_auc
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+# ROC-AUC lives with the other metrics; re-exported for the cohort code and its tests.
+from scanet_node.model.metrics import roc_auc as roc_auc
+
 SITES = ("M1", "M2")
 SIDES = ("L", "R")
 COLLATERAL_PROBABILITIES = (0.15, 0.30, 0.35, 0.20)
@@ -92,23 +95,3 @@ def recanalization_probability(features: OcclusionFeatures) -> float:
 def draw_label(probability: float, rng: np.random.Generator) -> int:
     """1 (recanalized, mTICI >= 2c) with the given probability, else 0."""
     return int(rng.random() < probability)
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC-AUC by the Mann-Whitney statistic, ties counted half."""
-    scores = np.asarray(scores, dtype=float)
-    labels = np.asarray(labels).astype(bool)
-    positives, negatives = scores[labels], scores[~labels]
-    if len(positives) == 0 or len(negatives) == 0:
-        raise ValueError("ROC-AUC needs both classes")
-    order = np.argsort(np.concatenate([positives, negatives]), kind="mergesort")
-    ranks = np.empty(len(order), dtype=float)
-    ranks[order] = np.arange(1, len(order) + 1)
-    # average ranks of ties
-    values = np.concatenate([positives, negatives])
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    ranks = (sums / counts)[inverse]
-    rank_sum = ranks[: len(positives)].sum()
-    u = rank_sum - len(positives) * (len(positives) + 1) / 2
-    return float(u / (len(positives) * len(negatives)))
