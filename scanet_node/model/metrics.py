@@ -155,6 +155,9 @@ def table(rows: Mapping[str, Sequence[Metrics]], title: str = "") -> str:
         cells = []
         for name in METRIC_NAMES:
             mean, std = summary[name]
-            cells.append(f"{mean:.3f} ± {std:.3f}" if len(folds) > 1 else f"{mean:.3f}")
+            if not np.isfinite(mean):
+                cells.append("n/a")  # e.g. precision when no fold predicted a positive
+            else:
+                cells.append(f"{mean:.3f} ± {std:.3f}" if len(folds) > 1 else f"{mean:.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

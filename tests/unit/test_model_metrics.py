@@ -70,6 +70,8 @@ def test_youden_threshold_and_table() -> None:
     aucs = [f.roc_auc for f in folds]
     assert f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}" in text
     assert "| ResNet34 | " in text and "title" in text
+    never_positive = [mt.compute(np.array([0.1, 0.2]), np.array([0, 1]))] * 2
+    assert "| none | 1.000 ± 0.000 | 0.500 ± 0.000 | n/a |" in mt.table({"none": never_positive})
 
 
 def test_stratified_folds_partition_and_balance() -> None:
