@@ -34,6 +34,9 @@ FOV_MM = 180.0
 Z_BOTTOM_MNI = -47.5
 X_RIGHT_MNI = 89.6
 Y_ANTERIOR_MNI = 73.6
+#: Bumped whenever the input a study gets changes (grid, slab rule, windows, mask), so that
+#: caches of prepared inputs and checkpoints' cards can tell. 2: CTA slabs became 5 mm MIPs.
+INPUT_VERSION = 2
 NCCT_WINDOW_HU = (0.0, 100.0)
 CTA_WINDOW_HU = (0.0, 600.0)
 

@@ -40,6 +40,7 @@ class CheckpointError(ScanetError):
 def preprocessing(size: int) -> dict[str, Any]:
     """The model-input description a card records (what ``imaging.prepare`` does at ``size``)."""
     return {
+        "input_version": mi.INPUT_VERSION,
         "space": "MNI152 2009a (CT template, models/template)",
         "slabs": mi.SLABS,
         "slab_mm": mi.SLAB_MM,

@@ -7,8 +7,9 @@ and, per case, either
   ``scanet-node synth --template-space`` writes), or
 * ``<case_id>/``, the study's DICOM (one folder per series inside, as ``scanet-node synth``
   writes and as the node spools). It is prepared once (``imaging.prepare``: brain extraction,
-  ANTs registration) and the input is cached in ``<cache>/<case_id>-<S>.npz``, so a second
-  run, another fold or ``evaluate`` never registers it again.
+  ANTs registration) and the input is cached in ``<cache>/<case_id>-<S>-v<INPUT_VERSION>.npz``:
+  a second run, another fold or ``evaluate`` never registers it again, and a change to the
+  preparation bumps the version, so a stale input is never reused.
 
 A case that cannot be prepared is left out with its reason (``Cohort.excluded``), never silently.
 An optional ``clot_slab`` column (synthetic cohorts) lets evaluation check where the model looked.
@@ -26,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanet_node.errors import ScanetError
+from scanet_node.imaging.model_input import INPUT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +122,8 @@ def load_cohort(
 
 
 def _case_input(root: Path, case: str, size: int, cache: Path) -> npt.NDArray[np.float16]:
-    for candidate in (root / "inputs" / f"{case}.npz", cache / f"{case}-{size}.npz"):
+    cached = f"{case}-{size}-v{INPUT_VERSION}.npz"  # an older preparation is never reused
+    for candidate in (root / "inputs" / f"{case}.npz", cache / cached):
         if candidate.is_file():
             with np.load(candidate) as npz:
                 tensor = np.asarray(npz["tensor"], dtype=np.float16)
@@ -142,9 +145,9 @@ def _case_input(root: Path, case: str, size: int, cache: Path) -> npt.NDArray[np
         raise CohortError(str(exc)) from exc
     tensor = prepared.tensor.astype(np.float16)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{case}-{size}.npz"
+    tmp = cache / f".{cached}"
     np.savez_compressed(tmp, tensor=tensor)
-    tmp.replace(cache / f"{case}-{size}.npz")
+    tmp.replace(cache / cached)
     return tensor
 
 
