@@ -83,6 +83,20 @@ def to_slabs(fine: npt.NDArray[np.floating], how: str = "mean") -> npt.NDArray[n
     raise ValueError(f"how must be 'mean' or 'max', not {how!r}")
 
 
+def slab_mask(
+    fine_mask: npt.NDArray[np.bool_], grid: Grid, margin_mm: float
+) -> npt.NDArray[np.bool_]:
+    """A mask on the fine planes, grown by ``margin_mm`` (at least a voxel), then on the slabs:
+    a slab voxel is inside when any of its planes is."""
+    from scipy import ndimage as ndi  # type: ignore[import-untyped,unused-ignore]
+
+    spacing = np.array(grid.spacing)[::-1]  # (k, j, i) order
+    radius = np.maximum(1, np.round(margin_mm / spacing)).astype(int)
+    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
+    grown = ndi.binary_dilation(np.asarray(fine_mask, bool), structure=structure)
+    return np.asarray(to_slabs(grown.astype(np.float32)) > 0.0)
+
+
 def window(hu: npt.NDArray[np.floating], low: float, high: float) -> npt.NDArray[np.float32]:
     """HU clipped to ``[low, high]`` and mapped to 0..1."""
     return np.asarray((np.clip(hu, low, high) - low) / (high - low), dtype=np.float32)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage as ndi  # type: ignore[import-untyped,unused-ignore]
 
 from scanet_node.errors import ImagingError
 from scanet_node.imaging.brain import BrainExtractionError, extract_brain
@@ -28,6 +27,7 @@ from scanet_node.imaging.model_input import (
     ModelInput,
     fine_grid,
     slab_grid,
+    slab_mask,
     to_slabs,
     window,
 )
@@ -181,11 +181,7 @@ def prepare(
 
 
 def _tensor(registration: Any, grid: Any) -> npt.NDArray[np.float32]:
-    spacing = np.array(grid.spacing)[::-1]  # (k, j, i) order
-    radius = np.maximum(1, np.round(MASK_MARGIN_MM / spacing)).astype(int)
-    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
-    mask = ndi.binary_dilation(np.asarray(registration.brain_mask, bool), structure=structure)
-    inside = to_slabs(mask.astype(np.float32)) > 0.0
+    inside = slab_mask(registration.brain_mask, grid, MASK_MARGIN_MM)
     ncct = window(to_slabs(registration.ncct), *NCCT_WINDOW_HU)
     cta = window(to_slabs(registration.cta, "max"), *CTA_WINDOW_HU)
     return np.stack([np.where(inside, ncct, 0.0), np.where(inside, cta, 0.0)]).astype(np.float32)

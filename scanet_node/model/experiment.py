@@ -193,36 +193,37 @@ def plot_curves(
     for name, p in probabilities.items():
         fpr, tpr = mt.roc_curve(p, labels)
         ax.plot(fpr, tpr, label=f"{name} (AUC {mt.compute(p, labels).roc_auc:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(
-        xlabel="1 - specificity",
-        ylabel="sensitivity",
-        title=f"ROC: {title}",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(paths["roc"])
-    plt.close(fig)
+    labels_roc = ("1 - specificity", "sensitivity", f"ROC: {title}")
+    _finish_plot(plt, fig, ax, paths["roc"], *labels_roc, legend="lower right")
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     for name, p in probabilities.items():
         mean_p, observed, _ = mt.reliability(p, labels)
         brier = mt.compute(p, labels).brier
         ax.plot(mean_p, observed, marker="o", label=f"{name} (Brier {brier:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(
-        xlabel="mean predicted P(mTICI >= 2c)",
-        ylabel="observed fraction",
-        title=f"Calibration: {title}",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(paths["reliability"])
-    plt.close(fig)
+    xlabel, ylabel = "mean predicted P(mTICI >= 2c)", "observed fraction"
+    labels_cal = (xlabel, ylabel, f"Calibration: {title}")
+    _finish_plot(plt, fig, ax, paths["reliability"], *labels_cal, legend="upper left")
     return paths
+
+
+def _finish_plot(
+    plt: Any,
+    fig: Any,
+    ax: Any,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    *,
+    legend: str,
+) -> None:
+    """The diagonal, unit axes, labels, legend; save and close."""
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc=legend, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 @dataclass

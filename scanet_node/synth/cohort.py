@@ -72,6 +72,27 @@ def plan_study(seed: int, index: int) -> StudyPlan:
     return StudyPlan(seed, index, features, round(probability, 6), label)
 
 
+def occlusion_of(plan: StudyPlan) -> Any:
+    """The :class:`~scanet_node.synth.vessels.Occlusion` a plan's features describe."""
+    from scanet_node.synth.vessels import Occlusion
+
+    f = plan.features
+    return Occlusion(
+        side=f.side,
+        site=f.site,
+        length_mm=f.length_mm,
+        start_fraction=f.start_fraction,
+        clot_hu=f.clot_hu,
+        collateral_grade=f.collateral_grade,
+    )
+
+
+def images_stream(plan: StudyPlan) -> tuple[np.random.Generator, float]:
+    """The study's image random stream and the CTA contrast level, its first draw."""
+    rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES])
+    return rng, float(rng.uniform(320.0, 440.0))
+
+
 def plan_cohort(studies: int, seed: int) -> list[StudyPlan]:
     """The plans of a cohort, cheap: enough to compute its oracle ROC-AUC and balance."""
     return [plan_study(seed, i) for i in range(studies)]
@@ -163,21 +184,12 @@ def write_study(
     from scanet_node.synth import dicom
     from scanet_node.synth.phantom import Phantom
     from scanet_node.synth.scanner import Pose
-    from scanet_node.synth.vessels import Occlusion
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     f = plan.features
-    occlusion = Occlusion(
-        side=f.side,
-        site=f.site,
-        length_mm=f.length_mm,
-        start_fraction=f.start_fraction,
-        clot_hu=f.clot_hu,
-        collateral_grade=f.collateral_grade,
-    )
-    images_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES])
-    contrast_hu = float(images_rng.uniform(320.0, 440.0))
+    occlusion = occlusion_of(plan)
+    images_rng, contrast_hu = images_stream(plan)
     phantom = Phantom(occlusion, contrast_hu=contrast_hu, seed=plan.index)
     pose = Pose.random(np.random.default_rng([plan.seed, plan.index, _STREAM_POSE]))
     options = dicom.WriteOptions(small=small, cta_slice_mm=cta_slice_mm)
@@ -262,27 +274,34 @@ def generate_cohort(
             out_dir, plan, small=small, variant=variant, cta_slice_mm=cta_slice_mm
         )
         summary.manifests.append(manifest)
-        f = plan.features
-        rows.append(
-            [
-                plan.case_id,
-                manifest["study_instance_uid"],
-                plan.label,
-                plan.probability,
-                f.side,
-                f.site,
-                f.length_mm,
-                f.clot_hu,
-                f.collateral_grade,
-            ]
-        )
+        rows.append(label_row(plan, manifest["study_instance_uid"]))
         if progress is not None:
             progress(number, studies)
-    with (out_dir / "labels.csv").open("w", newline="") as fh:
+    return finish_cohort(summary, plans, _LABEL_COLUMNS, rows, started)
+
+
+def label_row(plan: StudyPlan, study_uid: str) -> list[Any]:
+    """The ``labels.csv`` values of one study, in ``_LABEL_COLUMNS`` order."""
+    f = plan.features
+    return [
+        *(plan.case_id, study_uid, plan.label, plan.probability),
+        *(f.side, f.site, f.length_mm, f.clot_hu, f.collateral_grade),
+    ]
+
+
+def finish_cohort(
+    summary: CohortSummary,
+    plans: Sequence[StudyPlan],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    started: float,
+) -> CohortSummary:
+    """Write ``labels.csv``; fill in the summary's oracle ROC-AUC and duration."""
+    with (summary.out_dir / "labels.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(_LABEL_COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows)
-    if 0 < summary.positives < studies:
+    if 0 < summary.positives < summary.studies:
         summary.oracle_auc = oracle_auc(plans)
     summary.seconds = time.perf_counter() - started
     return summary

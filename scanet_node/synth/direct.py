@@ -16,12 +16,10 @@ the phantom's own partial-volume edges, and independent (white) noise per fine p
 
 from __future__ import annotations
 
-import csv
 import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +32,7 @@ from scanet_node.imaging.model_input import (
     SLAB_MM,
     Z_BOTTOM_MNI,
     fine_grid,
+    slab_mask,
     to_slabs,
     window,
 )
@@ -42,7 +41,10 @@ from scanet_node.synth.cohort import (
     _STREAM_IMAGES,
     CohortSummary,
     StudyPlan,
-    oracle_auc,
+    finish_cohort,
+    images_stream,
+    label_row,
+    occlusion_of,
     plan_cohort,
 )
 
@@ -78,43 +80,23 @@ def _mask(size: int) -> npt.NDArray[np.bool_]:
         mode="constant",
         cval=0.0,
     )
-    spacing = np.array(grid.spacing)[::-1]
-    radius = np.maximum(1, np.round(MASK_MARGIN_MM / spacing)).astype(int)
-    structure = np.ones(tuple(2 * r + 1 for r in radius), dtype=bool)
-    fine = ndi.binary_dilation(inside >= 0.5, structure=structure)
-    mask = to_slabs(fine.astype(np.float32)) > 0.0
+    mask = slab_mask(inside >= 0.5, grid, MASK_MARGIN_MM)
     mask.setflags(write=False)
     return mask
 
 
 def clot_slab(plan: StudyPlan) -> int:
     """Index of the slab that holds the clot's centre."""
-    z = float(occlusion(plan).clot_center_mni[2])
+    z = float(occlusion_of(plan).clot_center_mni[2])
     return int(np.clip(np.round((z - Z_BOTTOM_MNI) / SLAB_MM), 0, 25))
-
-
-def occlusion(plan: StudyPlan) -> Any:
-    from scanet_node.synth.vessels import Occlusion
-
-    f = plan.features
-    return Occlusion(
-        side=f.side,
-        site=f.site,
-        length_mm=f.length_mm,
-        start_fraction=f.start_fraction,
-        clot_hu=f.clot_hu,
-        collateral_grade=f.collateral_grade,
-    )
 
 
 def template_input(plan: StudyPlan, size: int = 224) -> npt.NDArray[np.float32]:
     """``(2, 26, size, size)`` float32 in 0..1: the study's model input, without DICOM."""
     from scanet_node.synth.phantom import Phantom
 
-    images_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES])
-    # The same contrast level write_study draws first from this stream.
-    contrast_hu = float(images_rng.uniform(320.0, 440.0))
-    phantom = Phantom(occlusion(plan), contrast_hu=contrast_hu, seed=plan.index)
+    _, contrast_hu = images_stream(plan)  # the contrast level write_study uses
+    phantom = Phantom(occlusion_of(plan), contrast_hu=contrast_hu, seed=plan.index)
     noise_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES, 1])
     grid = fine_grid(size)
     planes = grid.shape[0]
@@ -169,20 +151,7 @@ def generate_template_cohort(
             tensor=tensor.astype(np.float16),
             clot_slab=np.int16(slab),
         )
-        f = plan.features
-        rows.append(
-            [
-                *(plan.case_id, "", plan.label, plan.probability, f.side, f.site),
-                *(f.length_mm, f.clot_hu, f.collateral_grade, slab),
-            ]
-        )
+        rows.append([*label_row(plan, ""), slab])
         if progress is not None:
             progress(number, studies)
-    with (out_dir / "labels.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*_LABEL_COLUMNS, "clot_slab"])
-        writer.writerows(rows)
-    if 0 < summary.positives < studies:
-        summary.oracle_auc = oracle_auc(plans)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    return finish_cohort(summary, plans, [*_LABEL_COLUMNS, "clot_slab"], rows, started)

@@ -10,8 +10,8 @@ import pytest
 from scanet_node.cli import main
 from scanet_node.imaging.model_input import slab_grid
 from scanet_node.imaging.prepare import prepare
-from scanet_node.synth.cohort import plan_study, write_study
-from scanet_node.synth.direct import clot_slab, occlusion, template_input
+from scanet_node.synth.cohort import occlusion_of, plan_study, write_study
+from scanet_node.synth.direct import clot_slab, template_input
 
 SIZE = 112  # the demo weights' input size
 
@@ -52,7 +52,7 @@ def test_direct_input_correlates_with_prepare(both: tuple[np.ndarray, np.ndarray
 def test_clot_slab_is_where_the_cta_is_dark(both: tuple[np.ndarray, np.ndarray, int]) -> None:
     direct, prepared, slab = both
     assert 4 <= slab <= 10  # MCA level
-    clot = np.asarray(occlusion(plan_study(31, 4)).clot_center_mni)
+    clot = np.asarray(occlusion_of(plan_study(31, 4)).clot_center_mni)
     mirror = clot * np.array([-1.0, 1.0, 1.0])  # the patent artery on the other side
     grid = slab_grid(SIZE)
 
