@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from scanet_node.imaging.model_input import ModelInput
 from scanet_node.model.checkpoint import CheckpointError, ModelCard, load_checkpoint
-from scanet_node.model.train import autocast, pick_device
+from scanet_node.model.device import autocast, pick_device
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ random state), so an interrupted run continues where it stopped when started aga
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -25,6 +24,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from scanet_node.model.device import autocast, pick_device
 from scanet_node.model.metrics import roc_auc
 from scanet_node.model.network import Architecture, Output, build, loss_fn, set_input_mean
 
@@ -60,26 +60,6 @@ class TrainSettings:
         for free in ("epochs", "patience", "threads"):
             values.pop(free)
         return json.dumps(values, sort_keys=True)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``cuda`` when asked or available under ``auto``, else ``cpu``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def autocast(
-    device: torch.device, cpu_bf16: bool = False
-) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (and on CPU when asked); otherwise nothing."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if cpu_bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

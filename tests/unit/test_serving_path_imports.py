@@ -1,4 +1,5 @@
-"""The serving path never imports the synthetic-data generator (ARCHITECTURE: synth/)."""
+"""The serving path imports neither the synthetic-data generator (ARCHITECTURE: synth/) nor
+training code (STYLE: shape)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ def test_predictor_and_prepare_do_not_import_synth() -> None:
     code = (
         "import sys\n"
         "import scanet_node.model.predictor, scanet_node.imaging.prepare, scanet_node.service\n"
-        "print(sorted(m for m in sys.modules if m.startswith('scanet_node.synth')))\n"
+        "banned = ('scanet_node.synth', 'scanet_node.model.train',\n"
+        "          'scanet_node.model.experiment')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(banned)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
