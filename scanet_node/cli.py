@@ -25,6 +25,8 @@ def _configure_logging(level: str) -> None:
     )
     # pynetdicom's own INFO lines repeat what our association lines say.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # highdicom logs each attribute it copies at INFO.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -133,6 +135,134 @@ def _cmd_study(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_study_lines(study)))
     return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    settings = _load(args, {"node": node})
+    _configure_logging(settings.logging.level)
+    from scanet_node.pipeline.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _queue(args: argparse.Namespace) -> Any:
+    from scanet_node.catalog.jobs import JobQueue
+
+    return JobQueue(_open_catalog(args))
+
+
+def _job_line(job: Any) -> str:
+    if job.probability is not None:
+        what = f"P={job.probability:.3f} {'positive' if job.positive else 'negative'}"
+    else:
+        what = job.reason or job.missing or ""
+    took = job.timings.get("total")
+    took_text = f" {took:.1f}s" if took is not None else ""
+    amends = f" amends {job.supersedes_id}" if job.supersedes_id else ""
+    return (
+        f"{job.id:5} {job.status:8} {job.outcome or '-':14} try {job.attempts}"
+        f"{took_text}{amends}  {job.study_instance_uid}  {what}"
+    )
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        jobs = queue.jobs(args.study, limit=args.limit)
+    finally:
+        queue.catalog.close()
+    if args.json:
+        _print_json([dataclasses.asdict(j) for j in jobs])
+    elif not jobs:
+        print("no jobs")
+    else:
+        for job in jobs:
+            print(_job_line(job))
+    return 0
+
+
+def _cmd_deliveries(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        deliveries = queue.deliveries(job_id=args.job)
+    finally:
+        queue.catalog.close()
+    if args.json:
+        _print_json([dataclasses.asdict(d) for d in deliveries])
+    elif not deliveries:
+        print("no deliveries")
+    else:
+        for d in deliveries:
+            print(
+                f"{d.id:5} job {d.job_id:<5} {d.status:7} {d.destination} "
+                f"({d.ae_title}@{d.host}:{d.port}) attempts {d.attempts}  "
+                f"{d.last_status or '-'}: {d.last_detail or ''}"
+            )
+            for a in d.attempt_rows:
+                print(
+                    f"        {_json_default(a.started_at)} {a.seconds:6.2f}s "
+                    f"{'ok' if a.ok else 'permanent' if a.permanent else 'retry'} ({a.status}): "
+                    f"{a.detail}"
+                )
+    return 0
+
+
+def _cmd_resend(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        ids = list(args.delivery)
+        if args.job is not None:
+            ids += [d.id for d in queue.deliveries(job_id=args.job)]
+        if not ids:
+            print("name a delivery (see 'scanet-node deliveries') or --job", file=sys.stderr)
+            return 2
+        missing = 0
+        for delivery_id in ids:
+            d = queue.resend(delivery_id)
+            if d is None:
+                print(f"no delivery {delivery_id}", file=sys.stderr)
+                missing += 1
+            else:
+                print(f"delivery {d.id} (job {d.job_id} to {d.destination}) queued to send again")
+    finally:
+        queue.catalog.close()
+    return 1 if missing else 0
+
+
+def _cmd_reprocess(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        job = queue.reprocess(args.uid)
+    finally:
+        queue.catalog.close()
+    if job is None:
+        print(
+            f"study {args.uid} has no job to run again, or one is queued or running already",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"job {job.id} queued for study {args.uid}"
+        + (f" (amends job {job.supersedes_id})" if job.supersedes_id else "")
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    _configure_logging("WARNING" if not args.verbose else settings.logging.level)
+    from scanet_node.demo import run_demo
+
+    return run_demo(
+        settings,
+        data_dir=args.data_dir,
+        small=args.small,
+        seed=args.seed,
+        timeout=args.timeout,
+        use_configured_destinations=args.configured_destinations,
+    )
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -368,6 +498,52 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--json", action="store_true", help="machine-readable output")
     study.add_argument("--data-dir", help="override [node] data_dir")
     study.set_defaults(func=_cmd_study)
+
+    worker = sub.add_parser("worker", help="run one analysis worker (scale-out; serve runs one)")
+    worker.add_argument("--data-dir", help="override [node] data_dir")
+    worker.set_defaults(func=_cmd_worker)
+
+    jobs = sub.add_parser("jobs", help="list analysis jobs, newest first")
+    jobs.add_argument("--study", help="only this Study Instance UID")
+    jobs.add_argument("--limit", type=int, default=None, help="at most this many")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs.add_argument("--data-dir", help="override [node] data_dir")
+    jobs.set_defaults(func=_cmd_jobs)
+
+    deliveries = sub.add_parser("deliveries", help="list result deliveries and their attempts")
+    deliveries.add_argument("--job", type=int, help="only this job")
+    deliveries.add_argument("--json", action="store_true", help="machine-readable output")
+    deliveries.add_argument("--data-dir", help="override [node] data_dir")
+    deliveries.set_defaults(func=_cmd_deliveries)
+
+    resend = sub.add_parser("resend", help="send a job's results again")
+    resend.add_argument("delivery", type=int, nargs="*", help="delivery ids")
+    resend.add_argument("--job", type=int, help="every delivery of this job")
+    resend.add_argument("--data-dir", help="override [node] data_dir")
+    resend.set_defaults(func=_cmd_resend)
+
+    reprocess = sub.add_parser("reprocess", help="analyse a study again (an amended result)")
+    reprocess.add_argument("uid", help="Study Instance UID")
+    reprocess.add_argument("--data-dir", help="override [node] data_dir")
+    reprocess.set_defaults(func=_cmd_reprocess)
+
+    demo = sub.add_parser(
+        "demo",
+        help="start a node and a local PACS, send a synthetic study, print the result",
+    )
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("scanet-demo"), help="default ./scanet-demo"
+    )
+    demo.add_argument("--small", action="store_true", help="a small study (128 px): faster")
+    demo.add_argument("--seed", type=int, default=7, help="which synthetic patient (default 7)")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    demo.add_argument(
+        "--configured-destinations",
+        action="store_true",
+        help="send the results to the [[destinations]] of the settings, not a local peer",
+    )
+    demo.add_argument("--verbose", action="store_true", help="the node's log lines too")
+    demo.set_defaults(func=_cmd_demo)
 
     prep = sub.add_parser(
         "prepare", help="make the model input of a study folder (load, classify, register)"

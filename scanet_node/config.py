@@ -119,6 +119,16 @@ class PipelineSettings(_Section):
     """``[pipeline]``: timing of the hand-over from ingest to analysis."""
 
     series_settle_seconds: float = Field(default=10.0, gt=0, le=86400)
+    #: A patient's NCCT and CTA received within this many seconds of each other are paired,
+    #: even across studies; a series waiting longer for its partner is reported missing.
+    pairing_window_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    #: Worker processes ``serve`` runs beside the listener (0: analysis runs elsewhere).
+    workers: int = Field(default=1, ge=0, le=64)
+    #: A worker renews its job's lease every third of this; a dead worker's job runs again
+    #: once the lease has expired.
+    job_lease_seconds: float = Field(default=120.0, ge=2, le=86400)
+    #: Tries of a job that fails unexpectedly (a QC refusal is an outcome, not a failure).
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
 
     @property
     def settle_sweep_seconds(self) -> float:
@@ -135,6 +145,40 @@ class Destination(_Section):
     port: int = Field(ge=1, le=65535)
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class DeliverySettings(_Section):
+    """``[delivery]``: sending results to the destinations, and retrying."""
+
+    #: Our AE title as the calling AE; empty: [node] ae_title.
+    calling_ae_title: str = ""
+    #: First retry after this long, doubling up to ``retry_max_seconds``.
+    retry_initial_seconds: float = Field(default=5.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(default=300.0, gt=0, le=86400)
+    #: A destination still failing after this long is given up (recorded, `resend` retries).
+    give_up_after_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    #: Network timeout of one association (connect, each response).
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("calling_ae_title")
+    @classmethod
+    def _aet(cls, value: str) -> str:
+        return _check_ae_title(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeliverySettings:
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds must not be less than retry_initial_seconds")
+        return self
+
+
+class ResultsSettings(_Section):
+    """``[results]``: what is sent back."""
+
+    #: Attention overlays: the NCCT slices of this many most-weighted slabs.
+    overlay_slices: int = Field(default=4, ge=1, le=26)
+    #: Series numbers of the SR, the summary image and the overlays: this, +1, +2.
+    series_number: int = Field(default=9900, ge=1, le=2**31 - 3)
 
 
 class ImagingSettings(_Section):
@@ -212,6 +256,8 @@ class Settings(_Section):
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     destinations: list[Destination] = Field(default_factory=list)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -230,6 +276,16 @@ class Settings(_Section):
         if self.catalog.url:
             return self.catalog.url
         return f"sqlite:///{(self.node.data_dir / 'catalog.sqlite').resolve()}"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where the results of each job are kept (``job-<id>/``)."""
+        return self.node.data_dir / "results"
+
+    @property
+    def calling_ae_title(self) -> str:
+        """Our AE title when we send."""
+        return self.delivery.calling_ae_title or self.node.ae_title
 
 
 def _parse_env_value(raw: str) -> Any:

@@ -1,14 +1,22 @@
-"""The ``serve`` process: wires the catalog, the spool, the listener and the scheduler."""
+"""The ``serve`` process: the catalog, the spool, the listener, the scheduler, the workers.
+
+The workers run in their own processes (multiprocessing, spawn), so analysis never holds up
+the listener; one that dies is started again, and the job it held runs again once its lease
+has expired (pipeline/worker.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from scanet_node.catalog import Catalog
 from scanet_node.config import Settings
+from scanet_node.imaging.classify import rules_from_settings
 from scanet_node.ingest.handlers import StoreService
 from scanet_node.ingest.server import Listener
 from scanet_node.ingest.spool import Spool
@@ -29,7 +37,13 @@ class Node:
             self.catalog,
             settings.pipeline.series_settle_seconds,
             settings.pipeline.settle_sweep_seconds,
+            spool_root=self.spool.root,
+            rules=rules_from_settings(settings.imaging),
+            pairing_window_seconds=settings.pipeline.pairing_window_seconds,
         )
+        self.workers: list[Any] = []
+        self._supervise_stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:
         """Start everything; return the listener's bound address."""
@@ -42,12 +56,55 @@ class Node:
             self.catalog.close()
             raise
         self.scheduler.start()
+        for n in range(self.settings.pipeline.workers):
+            self.workers.append(self._start_worker(n))
+        if self.workers:
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="worker-supervisor", daemon=True
+            )
+            self._supervisor.start()
         return address
 
+    def _start_worker(self, n: int) -> Any:
+        from scanet_node.pipeline.worker import worker_process_main
+
+        process = multiprocessing.get_context("spawn").Process(
+            target=worker_process_main,
+            args=(self.settings, self.settings.logging.level),
+            name=f"scanet-worker-{n}",
+            daemon=False,
+        )
+        process.start()
+        logger.info("worker process %d started (pid %s)", n, process.pid)
+        return process
+
+    def _supervise(self) -> None:
+        while not self._supervise_stop.wait(1.0):
+            for n, process in enumerate(self.workers):
+                if not process.is_alive() and not self._supervise_stop.is_set():
+                    logger.error(
+                        "worker process %d (pid %s) ended with exit code %s; starting another",
+                        n,
+                        process.pid,
+                        process.exitcode,
+                    )
+                    self.workers[n] = self._start_worker(n)
+
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stop accepting, let open associations finish, stop the scheduler, close the catalog."""
+        """Stop accepting, let open associations finish, stop the scheduler and the workers."""
         self.listener.stop(grace_seconds)
         self.scheduler.stop()
+        self._supervise_stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+        for process in self.workers:
+            process.terminate()  # SIGTERM: the worker finishes its step and exits
+        for process in self.workers:
+            process.join(grace_seconds + 20)
+            if process.is_alive():
+                logger.warning("worker pid %s did not stop; killing it", process.pid)
+                process.kill()
+                process.join()
         self.catalog.close()
 
 

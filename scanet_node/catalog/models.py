@@ -1,4 +1,4 @@
-"""The catalog's tables: Study, Series, Instance.
+"""The catalog's tables: Study, Series, Instance, Job, Delivery, DeliveryAttempt.
 
 Identifiers of the patient are not kept in clear: ``patient_key`` is a SHA-256 of
 the issuer and Patient ID, enough to pair series of one patient across studies.
@@ -19,6 +19,8 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -32,6 +34,32 @@ class SeriesState(enum.StrEnum):
 
     RECEIVING = "receiving"
     SETTLED = "settled"
+
+
+class JobStatus(enum.StrEnum):
+    """Where an analysis job stands (procrastinate's vocabulary)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where sending one job's results to one destination stands."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _enum(cls: type[enum.StrEnum]) -> Enum:
+    return Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 class Study(Base):
@@ -83,6 +111,9 @@ class Series(Base):
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: "ncct", "cta" or "other", decided when the series settles (imaging/classify.py).
+    role: Mapped[str | None] = mapped_column(String(8))
+    role_reason: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="series")
 
@@ -104,3 +135,104 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     calling_aet: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Job(Base):
+    """One analysis of a patient's NCCT + CTA (or the report that one of them is missing).
+
+    ``study_instance_uid`` is the study the results are filed in (the CTA's). ``signature``
+    names the inputs (series UIDs and instance counts): the trigger makes a new job only when
+    it changes, so a study is analysed once, and again (an amendment, ``supersedes_id``) only
+    when its inputs grew. At most one job per study is queued or running (a partial unique
+    index). ``lease_expires_at`` is renewed while a worker runs the job; a job whose lease
+    has expired is claimed again.
+    """
+
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64))
+    ncct_series_uid: Mapped[str | None] = mapped_column(String(64))
+    cta_series_uid: Mapped[str | None] = mapped_column(String(64))
+    #: "CTA missing" / "NCCT missing" when the partner never came within the pairing window.
+    missing: Mapped[str | None] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(400))
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[datetime] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: "analysed" or "not_analysable" once done; the reason says why on failure too.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    probability: Mapped[float | None] = mapped_column(Float)
+    positive: Mapped[bool | None] = mapped_column()
+    model: Mapped[str | None] = mapped_column(String(120))
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    results_dir: Mapped[str | None] = mapped_column(String(260))
+    #: JSON: seconds per stage (load, register, infer, build, send).
+    timings: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: When the last instance of its inputs was received (for turnaround figures).
+    inputs_received_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
+
+    __table_args__ = (
+        Index("ix_job_status_run_after", "status", "run_after"),
+        Index(
+            "uq_job_active_study",
+            "study_instance_uid",
+            unique=True,
+            sqlite_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+
+class Delivery(Base):
+    """Sending one job's results to one destination; each try is a DeliveryAttempt."""
+
+    __tablename__ = "delivery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_status: Mapped[str | None] = mapped_column(String(32))
+    last_detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    job: Mapped[Job] = relationship(back_populates="deliveries")
+    attempt_rows: Mapped[list[DeliveryAttempt]] = relationship(order_by="DeliveryAttempt.id")
+
+    __table_args__ = (Index("ix_delivery_status_next", "status", "next_attempt_at"),)
+
+
+class DeliveryAttempt(Base):
+    """One association to a destination: when, how it ended, and why."""
+
+    __tablename__ = "delivery_attempt"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("delivery.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    seconds: Mapped[float] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column()
+    permanent: Mapped[bool] = mapped_column()
+    status: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    sent: Mapped[int] = mapped_column(Integer, default=0)

@@ -814,3 +814,31 @@ def choose_series(
         extra={"study_uid": str(found[0].header.get("StudyInstanceUID", "")) if found else ""},
     )
     return replace(selection, reasons=(*notes, *selection.reasons))
+
+
+def classify_files(paths: Sequence[Path], rules: ClassificationRules | None = None) -> SeriesRole:
+    """The role of one series from its files: the header of one, the pixels only when needed.
+
+    What the trigger calls when a series settles. The image check (loading the series) runs
+    only when the tags are silent or contradict each other.
+    """
+    from pydicom import dcmread
+
+    if not paths:
+        return SeriesRole("other", "the series has no instances", 0.0)
+    rules = rules or ClassificationRules()
+    try:
+        header = dcmread(paths[0], stop_before_pixels=True)
+    except Exception as exc:  # tolerant when reading
+        return SeriesRole("other", f"header unreadable: {exc}", 0.0)
+    frames = header.get("NumberOfFrames")
+    images = None if frames is None else int(frames) * len(paths)
+    facts = facts_from_header(header, len(paths), images)
+    role = classify_series(facts, rules)
+    if not role.needs_image_check:
+        return role
+    try:
+        volume = load_series(list(paths))
+    except ImagingError as exc:
+        return SeriesRole("other", f"{role.reason}; image check impossible: {exc}", 0.0)
+    return classify_series(replace(facts, image=image_evidence(volume)), rules)

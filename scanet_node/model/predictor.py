@@ -53,6 +53,17 @@ class Prediction:
         return np.asarray(volume / peak if peak > 0 else volume, dtype=np.float32)
 
 
+def resolve_checkpoint(checkpoint: Path | None) -> Path:
+    """The checkpoint to load: the one given, else the shipped demo weights."""
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if checkpoint is None and not path.is_file():
+        raise CheckpointError(
+            f"no demo weights are shipped ({path} is missing): train a model with "
+            "'scanet-node train' and pass its checkpoint ([model] checkpoint, --checkpoint)"
+        )
+    return path
+
+
 class Predictor:
     """Loads a checkpoint once; ``predict`` a ``(2, 26, S, S)`` model input.
 
@@ -63,12 +74,7 @@ class Predictor:
     def __init__(
         self, checkpoint: Path | None = None, *, device: str = "auto", threads: int | None = None
     ) -> None:
-        self.path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-        if checkpoint is None and not self.path.is_file():
-            raise CheckpointError(
-                f"no demo weights are shipped yet ({self.path} is missing): train a model with "
-                "'scanet-node train' and pass its checkpoint ([model] checkpoint, --checkpoint)"
-            )
+        self.path = resolve_checkpoint(checkpoint)
         model, card = load_checkpoint(self.path)
         self.device = pick_device(device)
         if self.device.type == "cpu" and threads:

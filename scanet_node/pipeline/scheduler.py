@@ -1,11 +1,22 @@
-"""The scheduler: APScheduler jobs for timed work (today: the series settle sweep)."""
+"""The scheduler: APScheduler jobs for timed work, the settle sweep and the trigger.
+
+Every tick (``min(1 s, settle/4)``) it marks quiet series settled, decides the role of each
+newly settled series (imaging/classify.py: the header, the pixels only when the tags are
+silent) and lets the trigger (pipeline/trigger.py) queue the jobs that the patient's series
+now call for. A job queued here is picked up by a worker (pipeline/worker.py).
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from scanet_node.catalog import Catalog, SettledSeries
+from scanet_node.catalog import Catalog, SettledSeries, utcnow
+from scanet_node.catalog.jobs import JobInfo, JobQueue
+from scanet_node.imaging.classify import ClassificationRules
+from scanet_node.pipeline.trigger import plan_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +36,64 @@ def sweep_settled(catalog: Catalog, settle_seconds: float) -> list[SettledSeries
     return settled
 
 
+def classify_settled(queue: JobQueue, spool_root: Path, rules: ClassificationRules) -> int:
+    """Decide the role of every settled series that has none; return how many."""
+    from scanet_node.imaging.classify import classify_files
+
+    pending = queue.series_to_classify()
+    for series in pending:
+        role = classify_files([spool_root / p for p in series.paths], rules)
+        queue.set_series_role(series.series_instance_uid, role.role, role.reason)
+        logger.info(
+            "study %s: series %s is %s",
+            series.study_instance_uid,
+            series.series_instance_uid,
+            role.role.upper() if role.role != "other" else "not used",
+            extra={"study_uid": series.study_instance_uid},
+        )
+    return len(pending)
+
+
+def trigger(queue: JobQueue, pairing_window_seconds: float) -> list[JobInfo]:
+    """Queue the jobs the settled series call for (pipeline/trigger.py); return the new ones."""
+    decisions = plan_jobs(
+        queue.candidates(),
+        queue.latest_jobs(),
+        utcnow(),
+        timedelta(seconds=pairing_window_seconds),
+    )
+    created = []
+    for decision in decisions:
+        spec = decision.spec
+        if decision.update_job_id is not None:
+            if queue.update_queued_job(decision.update_job_id, spec):
+                logger.info(
+                    "study %s: queued job %d now uses %s",
+                    spec.study_instance_uid,
+                    decision.update_job_id,
+                    spec.signature,
+                    extra={"study_uid": spec.study_instance_uid},
+                )
+            continue
+        job = queue.create_job(spec)
+        if job is None:
+            continue  # another scheduler queued the study's job first
+        what = spec.missing or (
+            f"amends job {spec.supersedes_id}" if spec.supersedes_id else "NCCT + CTA ready"
+        )
+        logger.info(
+            "study %s: job %d queued (%s)",
+            spec.study_instance_uid,
+            job.id,
+            what,
+            extra={"study_uid": spec.study_instance_uid, "job_id": job.id},
+        )
+        created.append(job)
+    return created
+
+
 class Scheduler:
-    """Runs the periodic jobs of ``serve`` in a background thread.
+    """Runs the periodic work of ``serve`` in a background thread.
 
     Parameters
     ----------
@@ -35,21 +102,40 @@ class Scheduler:
     settle_seconds
         Quiet time after which a series counts as complete.
     sweep_seconds
-        How often the settle sweep runs.
+        How often the sweep runs.
+    spool_root, rules, pairing_window_seconds
+        For the trigger; without ``spool_root`` the scheduler only settles series.
     """
 
-    def __init__(self, catalog: Catalog, settle_seconds: float, sweep_seconds: float) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        settle_seconds: float,
+        sweep_seconds: float,
+        *,
+        spool_root: Path | None = None,
+        rules: ClassificationRules | None = None,
+        pairing_window_seconds: float = 3600.0,
+    ) -> None:
         self.catalog = catalog
         self.settle_seconds = settle_seconds
         self.sweep_seconds = sweep_seconds
+        self.spool_root = spool_root
+        self.rules = rules or ClassificationRules()
+        self.pairing_window_seconds = pairing_window_seconds
+        self.queue = JobQueue(catalog)
         self._scheduler: Any = None
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
+        """One tick: settle, classify, trigger. Errors are logged; the next tick retries."""
         try:
             sweep_settled(self.catalog, self.settle_seconds)
+            if self.spool_root is not None:
+                classify_settled(self.queue, self.spool_root, self.rules)
+                trigger(self.queue, self.pairing_window_seconds)
         except Exception:
             # A failed sweep is retried at the next tick; it never stops the node.
-            logger.exception("settle sweep failed")
+            logger.exception("scheduler sweep failed")
 
     def start(self) -> None:
         """Start the background scheduler."""
@@ -58,7 +144,7 @@ class Scheduler:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(
-            self._sweep,
+            self.sweep,
             "interval",
             seconds=self.sweep_seconds,
             id="settle-sweep",

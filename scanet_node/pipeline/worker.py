@@ -1,0 +1,292 @@
+"""The worker: claim a job, run the analysis, record the outcome; send due deliveries.
+
+A worker is its own process (``scanet-node worker``, or started by ``serve``), so analysis
+never slows the listener. It holds a lease on the job it runs and renews it from a heartbeat
+thread; if it dies (even by SIGKILL), the lease expires and another worker, or this one
+restarted, runs the job again. The results of a job that ran twice are the same instances
+(pipeline/analysis.py), so the PACS holds them once.
+
+Deliveries are rows too: each is tried by whichever worker claims it, with exponential backoff
+while a destination is down or busy, failed at once on a permanent refusal, every attempt
+recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from scanet_node.catalog import Catalog, utcnow
+from scanet_node.catalog.jobs import AttemptInfo, DeliveryInfo, JobInfo, JobQueue
+from scanet_node.config import Settings
+
+if TYPE_CHECKING:
+    from scanet_node.model.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between polls of an idle worker.
+POLL_SECONDS = 0.25
+#: Retry delay of a job that failed unexpectedly, times the attempts so far.
+JOB_RETRY_SECONDS = 30.0
+
+
+class _Heartbeat:
+    """Renews a job's lease every third of its length until stopped."""
+
+    def __init__(self, queue: JobQueue, job_id: int, owner: str, lease_seconds: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(queue, job_id, owner, lease_seconds),
+            name=f"lease-job-{job_id}",
+            daemon=True,
+        )
+
+    def _run(self, queue: JobQueue, job_id: int, owner: str, lease_seconds: float) -> None:
+        while not self._stop.wait(lease_seconds / 3):
+            try:
+                if not queue.renew_lease(job_id, owner, lease_seconds):
+                    logger.warning("job %d: lease lost", job_id, extra={"job_id": job_id})
+                    return
+            except Exception:
+                logger.exception("job %d: lease renewal failed", job_id)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Worker:
+    """One worker's loop over the catalog's jobs and deliveries.
+
+    Parameters
+    ----------
+    settings
+        The node's settings (catalog, spool, model, destinations, delivery).
+    predictor
+        A loaded model; by default the one ``[model]`` names, loaded at the first job.
+    """
+
+    def __init__(self, settings: Settings, *, predictor: Predictor | None = None) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings.catalog_url)
+        self.queue = JobQueue(self.catalog)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.spool_root = Path(settings.node.spool_dir)
+        self._predictor = predictor
+
+    @property
+    def predictor(self) -> Predictor:
+        """The model, loaded once."""
+        if self._predictor is None:
+            from scanet_node.model.predictor import Predictor
+
+            model = self.settings.model
+            self._predictor = Predictor(
+                model.checkpoint, device=model.device, threads=model.threads or None
+            )
+        return self._predictor
+
+    def close(self) -> None:
+        """Release the catalog's connections."""
+        self.catalog.close()
+
+    def run_once(self) -> bool:
+        """Run one due job or one due delivery; False when there was nothing to do."""
+        lease = self.settings.pipeline.job_lease_seconds
+        job = self.queue.claim_job(self.owner, lease)
+        if job is not None:
+            self.run_job(job)
+            return True
+        delivery = self.queue.claim_delivery(self.settings.delivery.timeout_seconds * 4)
+        if delivery is not None:
+            self.deliver(delivery)
+            return True
+        return False
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; a failure is contained to its job."""
+        logger.info("worker %s started", self.owner)
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                logger.exception("worker loop failed; continuing")
+                busy = False
+            if not busy:
+                stop.wait(POLL_SECONDS)
+        logger.info("worker %s stopped", self.owner)
+
+    def run_job(self, job: JobInfo) -> None:
+        """Analyse one claimed job and record the outcome (or the failure)."""
+        from scanet_node.pipeline.analysis import analyse
+
+        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        logger.info(
+            "job %d: study %s, attempt %d",
+            job.id,
+            job.study_instance_uid,
+            job.attempts,
+            extra=extra,
+        )
+        lease = self.settings.pipeline.job_lease_seconds
+        try:
+            with _Heartbeat(self.queue, job.id, self.owner, lease):
+                analysis = analyse(
+                    job,
+                    queue=self.queue,
+                    settings=self.settings,
+                    predictor=self.predictor,
+                    spool_root=self.spool_root,
+                )
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if job.attempts >= self.settings.pipeline.job_max_attempts:
+                logger.exception("job %d failed for good: %s", job.id, reason, extra=extra)
+                self.queue.fail_job(job.id, self.owner, reason)
+            else:
+                retry = utcnow() + timedelta(seconds=JOB_RETRY_SECONDS * job.attempts)
+                logger.exception("job %d failed, retrying: %s", job.id, reason, extra=extra)
+                self.queue.fail_job(job.id, self.owner, reason, retry_at=retry)
+            return
+        recorded = self.queue.finish_job(
+            job.id,
+            self.owner,
+            outcome=analysis.outcome,
+            reason=analysis.reason,
+            probability=analysis.probability,
+            positive=analysis.positive,
+            model=analysis.model,
+            sr_sop_instance_uid=analysis.sr_sop_instance_uid,
+            results_dir=str(analysis.results_dir.resolve()),
+            timings=analysis.timings,
+            destinations=self.settings.destinations,
+        )
+        if not recorded:
+            logger.warning("job %d: lease lost before the outcome was recorded", job.id)
+            return
+        what = (
+            f"P(mTICI >= 2c) = {analysis.probability:.2f}"
+            if analysis.probability is not None
+            else f"not analysable ({analysis.reason})"
+        )
+        logger.info(
+            "job %d: %s; %d result instances; %.1f s",
+            job.id,
+            what,
+            len(analysis.files),
+            analysis.timings.get("total", 0.0),
+            extra=extra,
+        )
+
+    def deliver(self, delivery: DeliveryInfo) -> DeliveryInfo:
+        """Send one delivery's results once and record the attempt."""
+        from scanet_node.pipeline.analysis import result_files
+        from scanet_node.results.deliver import Peer, next_attempt_delay, send, should_give_up
+
+        settings = self.settings.delivery
+        files = result_files(Path(delivery.results_dir)) if delivery.results_dir else []
+        started_at = utcnow()
+        tic = time.perf_counter()
+        if not files:
+            outcome_ok, permanent, status, detail, sent = (
+                False,
+                True,
+                "missing",
+                f"the results of job {delivery.job_id} are no longer on disk",
+                0,
+            )
+        else:
+            outcome = send(
+                files,
+                Peer(delivery.ae_title, delivery.host, delivery.port, delivery.destination),
+                calling_aet=self.settings.calling_ae_title,
+                timeout=settings.timeout_seconds,
+            )
+            outcome_ok, permanent = outcome.ok, outcome.permanent
+            status, detail, sent = outcome.status, outcome.detail, outcome.sent
+        attempt = AttemptInfo(
+            started_at, time.perf_counter() - tic, outcome_ok, permanent, status, detail, sent
+        )
+        give_up = should_give_up(
+            delivery.created_at, utcnow(), timedelta(hours=settings.give_up_after_hours)
+        )
+        delay = next_attempt_delay(
+            delivery.attempts + 1,
+            initial=settings.retry_initial_seconds,
+            maximum=settings.retry_max_seconds,
+        )
+        updated = self.queue.record_attempt(
+            delivery.id,
+            attempt,
+            next_attempt_at=utcnow() + timedelta(seconds=delay),
+            give_up=give_up,
+        )
+        extra = {"job_id": delivery.job_id, "study_uid": delivery.study_instance_uid}
+        if outcome_ok:
+            logger.info(
+                "job %d: results sent to %s (%d instances, %.1f s)",
+                delivery.job_id,
+                delivery.destination,
+                sent,
+                attempt.seconds,
+                extra=extra,
+            )
+        elif updated.status == "failed":
+            logger.error(
+                "job %d: delivery to %s failed for good after %d attempt(s): %s",
+                delivery.job_id,
+                delivery.destination,
+                updated.attempts,
+                detail,
+                extra=extra,
+            )
+        else:
+            logger.warning(
+                "job %d: delivery to %s failed (%s), retry in %.0f s",
+                delivery.job_id,
+                delivery.destination,
+                detail,
+                delay,
+                extra=extra,
+            )
+        return updated
+
+
+def run_worker(settings: Settings, stop: Any = None) -> None:
+    """The body of a worker process: work until SIGTERM/SIGINT (or ``stop`` is set)."""
+    event = stop if stop is not None else threading.Event()
+    if stop is None:
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            logger.info("worker received %s, stopping", signal.Signals(signum).name)
+            event.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+    worker = Worker(settings)
+    try:
+        worker.run(event)
+    finally:
+        worker.close()
+
+
+def worker_process_main(settings: Settings, log_level: str) -> None:
+    """Entry point of the worker process ``serve`` starts (multiprocessing, spawn)."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    run_worker(settings)

@@ -1,0 +1,384 @@
+"""The main job, end to end: DCMTK ``storescu`` -> ``scanet-node serve`` -> Orthanc.
+
+A real ``serve`` process (listener, scheduler, worker process) receives a synthetic study from
+DCMTK's storescu and sends its SR and Secondary Capture images to a real Orthanc, checked
+through Orthanc's REST API, DCMTK's ``dsrdump`` and dicom3tools' ``dciodvfy``. The weights are
+untrained (the card says so): these tests prove the plumbing, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pydicom
+import pytest
+import torch
+from conftest import dcmtk
+from orthanc import OrthancServer, requires_orthanc, run_orthanc
+
+from scanet_node.catalog import Catalog
+from scanet_node.catalog.jobs import JobQueue
+from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
+from scanet_node.model.network import Architecture, build
+from scanet_node.synth.cohort import plan_study, write_study
+
+pytestmark = [pytest.mark.dcmtk, requires_orthanc]
+
+SIZE = 64
+CLI = [sys.executable, "-m", "scanet_node"]
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "untrained-64.pt"
+    card = ModelCard(
+        architecture={},
+        preprocessing=preprocessing(SIZE),
+        training={"data": "none: untrained weights for the end-to-end tests"},
+        metrics={},
+        threshold=0.5,
+    )
+    save_checkpoint(path, build(Architecture(size=SIZE)), card)
+    return path
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    with run_orthanc(tmp_path) as server:
+        yield server
+
+
+class Node:
+    """``scanet-node serve`` with a config file, as an administrator runs it."""
+
+    def __init__(self, folder: Path, checkpoint: Path, orthanc: OrthancServer, **extra: Any):
+        self.data_dir = folder / "data"
+        pipeline = {
+            "series_settle_seconds": 1,
+            "job_lease_seconds": 6,
+            **extra.get("pipeline", {}),
+        }
+        config = folder / "config.toml"
+        config.write_text(
+            "\n".join(
+                [
+                    "[node]",
+                    'host = "127.0.0.1"',
+                    "port = 0",
+                    f'data_dir = "{self.data_dir}"',
+                    "min_free_disk_mb = 0",
+                    "[pipeline]",
+                    *(f"{k} = {v}" for k, v in pipeline.items()),
+                    "[delivery]",
+                    "retry_initial_seconds = 0.5",
+                    "retry_max_seconds = 1",
+                    "timeout_seconds = 10",
+                    "[model]",
+                    f'checkpoint = "{checkpoint}"',
+                    'device = "cpu"',
+                    "threads = 1",
+                    "[[destinations]]",
+                    'name = "orthanc"',
+                    f'ae_title = "{orthanc.ae_title}"',
+                    'host = "127.0.0.1"',
+                    f"port = {orthanc.dicom_port}",
+                ]
+            )
+            + "\n"
+        )
+        self.config = config
+        self.log = (folder / "serve.log").open("w")
+        self.proc = subprocess.Popen(
+            [*CLI, "--config", str(config), "serve"],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+)", first)
+        assert match, f"serve did not start: {first!r}\n{self.log_text()}"
+        self.port = int(match.group(1))
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def queue(self) -> JobQueue:
+        return JobQueue(Catalog(f"sqlite:///{self.data_dir / 'catalog.sqlite'}", create=False))
+
+    def worker_pids(self) -> list[int]:
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+        self.log.close()
+
+
+@pytest.fixture
+def node_in(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def start(checkpoint: Path, orthanc: OrthancServer, **extra: Any) -> Node:
+        node = Node(tmp_path, checkpoint, orthanc, **extra)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def storescu(port: int, files: list[Path]) -> None:
+    done = subprocess.run(
+        [dcmtk("storescu"), "-aet", "CT01", "-aec", "SCANET", "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def study_files(
+    folder: Path, seed: int, variant: str = "standard", index: int = 0
+) -> tuple[dict[str, Any], list[Path]]:
+    manifest = write_study(folder, plan_study(seed, index), small=True, variant=variant)
+    files = sorted((folder / manifest["case_id"]).rglob("*.dcm"))
+    return manifest, files
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, node: Node) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-6000:]}")
+
+
+def orthanc_results(orthanc: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
+    """Our SR and SC instances in Orthanc for one study, by SOP Instance UID."""
+    found = {}
+    for uid, orthanc_id in orthanc.instance_ids().items():
+        tags = orthanc.rest(f"/instances/{orthanc_id}/simplified-tags")
+        if tags.get("StudyInstanceUID") == study_uid and tags.get("SOPClassUID") in (
+            SR_CLASS,
+            SC_CLASS,
+        ):
+            found[uid] = tags
+    return found
+
+
+def fetch(orthanc: OrthancServer, uid: str, folder: Path) -> Path:
+    path = folder / f"{uid}.dcm"
+    path.write_bytes(orthanc.get_instance_file(orthanc.instance_ids()[uid]))
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    tool = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
+    if not Path(tool).exists():
+        pytest.skip("dciodvfy is not installed (apt-get install dicom3tools)")
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def sr_text(path: Path) -> str:
+    out = subprocess.run([dcmtk("dsrdump"), "+Pl", str(path)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and "error" not in out.stderr.lower(), out.stderr
+    return out.stdout
+
+
+def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    node = node_in(checkpoint, orthanc)
+    manifest, files = study_files(tmp_path / "study", seed=3)
+    study_uid = manifest["study_instance_uid"]
+    # Hold back the CTA's top slice: it arrives after the first result (a series that grows).
+    cta = [
+        (float(h.ImagePositionPatient[2]), f)
+        for f in files
+        if (h := pydicom.dcmread(f, stop_before_pixels=True)).get("ContrastBolusAgent")
+        and "ORIGINAL" in h.ImageType
+    ]
+    late = max(cta)[1]
+    storescu(node.port, [f for f in files if f != late])
+
+    wait_for(
+        "the results to be acknowledged",
+        lambda: node.cli("deliveries", "--json").stdout.count('"status": "sent"') == 1,
+        240,
+        node,
+    )
+    first = orthanc_results(orthanc, study_uid)
+    srs = [uid for uid, tags in first.items() if tags["SOPClassUID"] == SR_CLASS]
+    assert len(srs) == 1
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    paths = {uid: fetch(orthanc, uid, fetched) for uid in first}
+    for uid, path in paths.items():
+        assert dciodvfy_errors(path) == [], f"{uid}: dciodvfy errors"
+    sr = pydicom.dcmread(paths[srs[0]])
+    dump = sr_text(paths[srs[0]])
+    jobs = json.loads(node.cli("jobs", "--json").stdout)
+    assert len(jobs) == 1 and jobs[0]["status"] == "done" and jobs[0]["outcome"] == "analysed"
+    probability = jobs[0]["probability"]
+    assert f"{100 * probability:.1f}" in dump  # the probability, in %
+    assert "SCANet" in dump and "checkpoint-sha256=" in dump
+    evidence = {
+        (str(series.SeriesInstanceUID), str(sop.ReferencedSOPInstanceUID))
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    used = {jobs[0]["ncct_series_uid"], jobs[0]["cta_series_uid"]}
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files if f != late]
+    expected = {
+        (str(h.SeriesInstanceUID), str(h.SOPInstanceUID))
+        for h in headers
+        if h.SeriesInstanceUID in used
+    }
+    assert evidence == expected  # every NCCT and CTA instance used, nothing else
+    sc = [pydicom.dcmread(p) for u, p in paths.items() if u not in srs]
+    assert all(ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3 for ds in sc)
+    assert str(sr.StudyInstanceUID) == study_uid
+
+    # The late slice makes an amended result that names its predecessor; nothing is duplicated.
+    storescu(node.port, [late])
+    second = wait_for(
+        "the amended SR",
+        lambda: [
+            u
+            for u, t in orthanc_results(orthanc, study_uid).items()
+            if t["SOPClassUID"] == SR_CLASS and u not in srs
+        ],
+        240,
+        node,
+    )
+    assert len(second) == 1
+    amended = pydicom.dcmread(fetch(orthanc, second[0], fetched))
+    predecessor = amended.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert str(predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == srs[0]
+    jobs = json.loads(node.cli("jobs", "--json").stdout)
+    assert [j["supersedes_id"] for j in jobs] == [jobs[1]["id"], None]
+    time.sleep(2)  # a sweep or two more: still exactly two jobs and two SRs
+    assert len(json.loads(node.cli("jobs", "--json").stdout)) == 2
+    srs_now = [
+        u for u, t in orthanc_results(orthanc, study_uid).items() if t["SOPClassUID"] == SR_CLASS
+    ]
+    assert len(srs_now) == 2
+
+
+def test_a_worker_killed_mid_job_still_delivers_once(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    node = node_in(checkpoint, orthanc)
+    manifest, files = study_files(tmp_path / "study", seed=4)
+    storescu(node.port, files)
+    queue = node.queue()
+    running = wait_for(
+        "the job to start",
+        lambda: [j for j in queue.jobs() if j.status == "running"],
+        120,
+        node,
+    )
+    pids = node.worker_pids()
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    done = wait_for(
+        "the job to finish after the kill",
+        lambda: [j for j in queue.jobs() if j.status == "done"],
+        300,
+        node,
+    )
+    assert done[0].id == running[0].id and done[0].attempts == 2
+    wait_for(
+        "the delivery",
+        lambda: all(d.status == "sent" for d in queue.deliveries()) and queue.deliveries(),
+        60,
+        node,
+    )
+    results = orthanc_results(orthanc, manifest["study_instance_uid"])
+    assert sum(t["SOPClassUID"] == SR_CLASS for t in results.values()) == 1
+    assert len(queue.deliveries()) == 1
+    # Every instance storescu sent is in the catalog.
+    assert queue.catalog.count_instances() == len(files)
+    assert "ended with exit code -9; starting another" in node.log_text()
+    queue.catalog.close()
+
+
+def test_a_pacs_that_is_down_gets_the_not_analysable_report_when_it_is_back(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    orthanc.stop()
+    node = node_in(checkpoint, orthanc, pipeline={"pairing_window_seconds": 2})
+    manifest, files = study_files(tmp_path / "study", seed=41, index=1, variant="no-cta")
+    storescu(node.port, files)
+    queue = node.queue()
+    wait_for(
+        "two failed delivery attempts",
+        lambda: [d for d in queue.deliveries() if d.attempts >= 2],
+        120,
+        node,
+    )
+    pending = queue.deliveries()[0]
+    assert pending.status == "pending" and pending.last_status == "unreachable"
+    orthanc.start()
+    wait_for("the delivery", lambda: queue.deliveries()[0].status == "sent", 60, node)
+    results = orthanc_results(orthanc, manifest["study_instance_uid"])
+    srs = [u for u, t in results.items() if t["SOPClassUID"] == SR_CLASS]
+    assert len(srs) == 1
+    path = fetch(orthanc, srs[0], tmp_path)
+    assert dciodvfy_errors(path) == []
+    dump = sr_text(path)
+    assert "Not analysable" in dump or "not analysable" in dump
+    assert "CTA missing" in dump
+    job = queue.jobs()[0]
+    assert job.outcome == "not_analysable" and job.missing == "CTA missing"
+    listed = node.cli("deliveries").stdout
+    assert "unreachable" in listed and "sent" in listed
+    queue.catalog.close()
