@@ -99,7 +99,7 @@ def _study_lines(study: Any) -> list[str]:
     for s in study.series:
         lines.append(
             f"  {s.series_number if s.series_number is not None else '-':>4} "
-            f"{s.modality or '-':3} {s.state:9} {s.num_instances:5}  "
+            f"{s.modality or '-':3} {s.state:9} {(s.role or '-').upper():5} {s.num_instances:5}  "
             f"{s.series_description or ''!s:30}  {s.series_instance_uid}"
         )
     return lines
@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the DICOM listener and the scheduler")
+    serve = sub.add_parser("serve", help="run the DICOM listener, the scheduler and a worker")
     serve.add_argument("--host", help="override [node] host")
     serve.add_argument("--port", type=int, help="override [node] port")
     serve.add_argument("--data-dir", help="override [node] data_dir")

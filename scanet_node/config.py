@@ -177,7 +177,7 @@ class ResultsSettings(_Section):
 
     #: Attention overlays: the NCCT slices of this many most-weighted slabs.
     overlay_slices: int = Field(default=4, ge=1, le=26)
-    #: Series numbers of the SR, the summary image and the overlays: this, +1, +2.
+    #: Series numbers: the SR gets this, the attention overlays +1, the summary image +2.
     series_number: int = Field(default=9900, ge=1, le=2**31 - 3)
 
 

@@ -129,6 +129,12 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
         print(f"  catalog: {node.catalog.display_url}", flush=True)
         print(f"  spool:   {node.spool.root}", flush=True)
         print(f"  allowed calling AE titles: {allowed}", flush=True)
+        workers = settings.pipeline.workers
+        print(f"  analysis: {workers} worker process(es)", flush=True)
+        targets = ", ".join(
+            f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in settings.destinations
+        )
+        print(f"  results to: {targets or 'no destination configured'}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

@@ -544,7 +544,10 @@ class JobQueue:
             return [_delivery_info(d) for d in session.scalars(query)]
 
     def resend(self, delivery_id: int) -> DeliveryInfo | None:
-        """Make a delivery pending and due now, whatever its state; None if unknown."""
+        """Make a delivery pending and due now, whatever its state; None if unknown.
+
+        Its attempts so far stay recorded; the give-up time counts from now.
+        """
         with self.catalog._write() as session:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
@@ -552,5 +555,7 @@ class JobQueue:
             delivery.status = DeliveryStatus.PENDING
             delivery.next_attempt_at = utcnow()
             delivery.lease_expires_at = None
+            # The give-up clock ([delivery] give_up_after_hours) starts again.
+            delivery.created_at = utcnow()
             session.flush()
             return _delivery_info(delivery)

@@ -90,6 +90,8 @@ class SeriesSummary:
     first_received_at: datetime
     last_received_at: datetime
     settled_at: datetime | None
+    role: str | None = None
+    role_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,21 @@ def _sqlite_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN")
     else:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _missing_columns(engine: Engine) -> list[str]:
+    """Columns this code needs that the database's existing tables lack."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(engine)
+    present = set(inspector.get_table_names())
+    missing = []
+    for table in Base.metadata.sorted_tables:
+        if table.name not in present:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    return missing
 
 
 def create_catalog_engine(url: str) -> Engine:
@@ -186,8 +203,15 @@ class Catalog:
             self.engine = create_catalog_engine(url)
             if create:
                 Base.metadata.create_all(self.engine)
+            missing = _missing_columns(self.engine)
         except (SQLAlchemyError, OSError) as exc:
             raise CatalogError(f"cannot open catalog {self.display_url}: {exc}") from exc
+        if missing:
+            raise CatalogError(
+                f"the catalog {self.display_url} was made by an earlier scanet-node (missing "
+                f"{', '.join(missing)}); schema migrations are not available yet: use a new "
+                "[node] data_dir or [catalog] url"
+            )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._dialect = self.engine.dialect.name
         self._prepare_statements()
@@ -468,6 +492,8 @@ def _study_summary(study: Study) -> StudySummary:
                 first_received_at=s.first_received_at,
                 last_received_at=s.last_received_at,
                 settled_at=s.settled_at,
+                role=s.role,
+                role_reason=s.role_reason,
             )
             for s in study.series
         ],

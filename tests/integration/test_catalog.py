@@ -191,3 +191,16 @@ def test_same_instance_from_two_writers_at_once(catalog_url: str) -> None:
     assert summary.series[0].num_instances == 40
     for c in catalogs:
         c.close()
+
+
+def test_a_catalog_of_an_earlier_schema_is_refused_with_the_reason(tmp_path: Path) -> None:
+    import sqlite3
+
+    from scanet_node.errors import CatalogError
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    Catalog(url).close()
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as con:
+        con.execute("ALTER TABLE series DROP COLUMN role_reason")
+    with pytest.raises(CatalogError, match=r"earlier scanet-node \(missing series.role_reason\)"):
+        Catalog(url)

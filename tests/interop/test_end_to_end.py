@@ -218,7 +218,9 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def sr_text(path: Path) -> str:
-    out = subprocess.run([dcmtk("dsrdump"), "+Pl", str(path)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [dcmtk("dsrdump"), "+Pl", str(path)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0 and "error" not in out.stderr.lower(), out.stderr
     return out.stdout
 
