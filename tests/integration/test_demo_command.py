@@ -1,0 +1,61 @@
+"""``scanet-node demo``: the main job in one command, on a small synthetic study."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
+from scanet_node.model.network import Architecture, build
+
+SIZE = 64
+
+
+def test_demo_prints_the_probability_the_overlay_and_the_stage_times(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "untrained-64.pt"
+    card = ModelCard(
+        architecture={},
+        preprocessing=preprocessing(SIZE),
+        training={"data": "none: untrained weights for the demo command's test"},
+        metrics={},
+    )
+    save_checkpoint(checkpoint, build(Architecture(size=SIZE)), card)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\ncheckpoint = "{checkpoint}"\ndevice = "cpu"\nthreads = 1\n')
+    data = tmp_path / "demo"
+    argv = [sys.executable, "-m", "scanet_node", "--config", str(config), "demo"]
+    done = subprocess.run(
+        [*argv, "--small", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"P\(mTICI >= 2c\) = \d+\.\d %", out), out
+    overlay = Path(re.search(r"overlay\.png\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    assert overlay.is_file() and overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"stages \(s\)\s+load [\d.]+\s+register [\d.]+\s+infer [\d.]+", out), out
+    assert "delivery     demo-pacs: sent" in out
+    assert "SYNTHETIC" in out
+    # The local PACS holds the SR and the images.
+    assert len(list((data / "pacs").glob("*.dcm"))) >= 3
+    # A second run replaces the demo's own folder, and refuses a folder it did not write.
+    other = tmp_path / "not-a-demo"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep")
+    refused = subprocess.run(
+        [*argv, "--small", "--data-dir", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0 and "did not write" in refused.stderr
+    assert (other / "precious.txt").read_text() == "keep"
