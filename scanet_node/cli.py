@@ -356,6 +356,7 @@ def _train_settings(args: argparse.Namespace) -> Any:
         cpu_bf16=args.cpu_bf16,
         threads=args.threads,
         subtract_mean=args.subtract_mean,
+        standardize=args.standardize,
     )
 
 
@@ -592,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--subtract-mean",
         action="store_true",
         help="the networks subtract the training inputs' mean image (stored with the weights)",
+    )
+    train.add_argument(
+        "--standardize",
+        action="store_true",
+        help="the networks standardise each input voxel by the training inputs' mean and SD "
+        "(stored with the weights; what made SCANet learn the synthetic cohort)",
     )
     train.add_argument(
         "--baselines",

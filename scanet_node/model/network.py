@@ -55,6 +55,11 @@ class Architecture:
     #: studies registered to one template share most of their image, and what tells them
     #: apart (arteries, clot, asymmetry) is what is left. Off by default (the paper's input).
     subtract_mean: bool = False
+    #: Standardise each input voxel by the training cohort's mean and standard deviation
+    #: (+ STANDARDIZE_EPS), buffers saved with the weights [ours]. Voxels that never vary
+    #: (the template's anatomy) go to 0 and what varies between studies is on one scale; on
+    #: the synthetic cohort SCANet learns only with it (issue 5 note).
+    standardize: bool = False
     version: int = field(default=ARCHITECTURE_VERSION)
 
     def __post_init__(self) -> None:
@@ -299,15 +304,25 @@ class ResNet34Slices(nn.Module):
         return Output(logit, logit.new_zeros(b, 0), uniform, logit.new_zeros(b, d, 0, 0))
 
 
+#: Added to the per-voxel standard deviation before dividing (inputs are windowed to 0..1).
+STANDARDIZE_EPS = 0.05
+
+
 def _add_mean_buffer(module: nn.Module, arch: Architecture) -> None:
-    if arch.subtract_mean:
-        shape = (arch.in_channels, arch.slices, arch.size, arch.size)
+    shape = (arch.in_channels, arch.slices, arch.size, arch.size)
+    if arch.subtract_mean or arch.standardize:
         module.register_buffer("input_mean", torch.zeros(shape))
+    if arch.standardize:
+        module.register_buffer("input_scale", torch.ones(shape))
 
 
 def _centre(module: nn.Module, x: Tensor) -> Tensor:
     mean = getattr(module, "input_mean", None)
-    return x if mean is None else x - mean
+    if mean is None:
+        return x
+    scale = getattr(module, "input_scale", None)
+    centred: Tensor = x - mean
+    return centred if scale is None else centred / scale
 
 
 def set_input_mean(model: nn.Module, inputs: Tensor) -> None:
@@ -315,6 +330,13 @@ def set_input_mean(model: nn.Module, inputs: Tensor) -> None:
     mean = getattr(model, "input_mean", None)
     if isinstance(mean, Tensor):
         mean.copy_(inputs.float().mean(dim=0).to(mean.device))
+
+
+def set_input_scale(model: nn.Module, std: Tensor) -> None:
+    """Store the per-voxel standard deviation of the training inputs (+ STANDARDIZE_EPS)."""
+    scale = getattr(model, "input_scale", None)
+    if isinstance(scale, Tensor):
+        scale.copy_((std.float() + STANDARDIZE_EPS).to(scale.device))
 
 
 def _check_input(x: Tensor, arch: Architecture) -> None:

@@ -26,7 +26,14 @@ from torch import nn
 
 from scanet_node.model.device import autocast, pick_device
 from scanet_node.model.metrics import roc_auc
-from scanet_node.model.network import Architecture, Output, build, loss_fn, set_input_mean
+from scanet_node.model.network import (
+    Architecture,
+    Output,
+    build,
+    loss_fn,
+    set_input_mean,
+    set_input_scale,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +56,13 @@ class TrainSettings:
     cpu_bf16: bool = False  # bf16 autocast on CPU too (AMP is always on for CUDA)
     threads: int = 0  # CPU threads, 0 = torch's default
     subtract_mean: bool = False  # the networks subtract the training inputs' mean [ours]
+    standardize: bool = False  # ... and divide by their per-voxel SD [ours]
 
     def architecture(self, kind: str, size: int) -> Architecture:
         """The network these settings train."""
-        return Architecture(kind=kind, size=size, subtract_mean=self.subtract_mean)
+        return Architecture(
+            kind=kind, size=size, subtract_mean=self.subtract_mean, standardize=self.standardize
+        )
 
     def key(self) -> str:
         """What must match for a saved state to be resumed (more epochs or patience may differ)."""
@@ -159,11 +169,17 @@ def fit(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model = build(arch).to(device)
-    if arch.subtract_mean:
-        total_mean = np.zeros(train_x.shape[1:], dtype=np.float64)
+    if arch.subtract_mean or arch.standardize:
+        sums = np.zeros(train_x.shape[1:], dtype=np.float64)
+        squares = np.zeros(train_x.shape[1:], dtype=np.float64)
         for start in range(0, len(train_x), 32):
-            total_mean += np.asarray(train_x[start : start + 32], dtype=np.float64).sum(axis=0)
-        set_input_mean(model, torch.as_tensor(total_mean / len(train_x))[None])
+            chunk = np.asarray(train_x[start : start + 32], dtype=np.float64)
+            sums += chunk.sum(axis=0)
+            squares += (chunk**2).sum(axis=0)
+        mean = sums / len(train_x)
+        set_input_mean(model, torch.as_tensor(mean)[None])
+        std = np.sqrt(np.maximum(squares / len(train_x) - mean**2, 0.0))
+        set_input_scale(model, torch.as_tensor(std))
     optimiser = torch.optim.Adam(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
