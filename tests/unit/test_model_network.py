@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from scanet_node.model.network import (
+    STANDARDIZE_EPS,
     Architecture,
     ResNet34Slices,
     SCANet,
     build,
     loss_fn,
     set_input_mean,
+    set_input_scale,
 )
 
 SMALL = 32  # SAT grid 2 x 2: every shape rule holds, a forward pass takes milliseconds
@@ -146,3 +148,21 @@ def test_mean_subtraction_is_a_saved_buffer() -> None:
     assert torch.equal(centred.state_dict()["input_mean"], mean)
     with torch.inference_mode():
         assert torch.allclose(centred(x).logit, plain(x - mean).logit, atol=1e-6)
+
+
+def test_standardisation_is_saved_with_the_weights() -> None:
+    torch.manual_seed(0)
+    standard = SCANet(Architecture(size=SMALL, standardize=True)).eval()
+    plain = SCANet(Architecture(size=SMALL)).eval()
+    plain.load_state_dict(
+        {k: v for k, v in standard.state_dict().items() if not k.startswith("input_")},
+        strict=True,
+    )
+    x, mean = _input(2, SMALL), torch.rand(2, 26, SMALL, SMALL)
+    std = torch.rand(2, 26, SMALL, SMALL) / 10
+    set_input_mean(standard, mean[None])
+    set_input_scale(standard, std)
+    assert torch.allclose(standard.state_dict()["input_scale"], std + STANDARDIZE_EPS)
+    with torch.inference_mode():
+        expected = plain((x - mean) / (std + STANDARDIZE_EPS)).logit
+        assert torch.allclose(standard(x).logit, expected, atol=1e-5)
