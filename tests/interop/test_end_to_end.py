@@ -384,3 +384,43 @@ def test_a_pacs_that_is_down_gets_the_not_analysable_report_when_it_is_back(
     listed = node.cli("deliveries").stdout
     assert "unreachable" in listed and "sent" in listed
     queue.catalog.close()
+
+
+def test_a_cta_filed_under_its_own_study_is_paired_and_takes_the_results(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    node = node_in(checkpoint, orthanc)
+    manifest, files = study_files(tmp_path / "study", seed=3)
+    cta_study = pydicom.uid.generate_uid()
+    moved = tmp_path / "cta-study"
+    moved.mkdir()
+    sent = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        if ds.get("ContrastBolusAgent"):  # the CTA and its MIP: another accession and study
+            ds.StudyInstanceUID = cta_study
+            ds.AccessionNumber = "ACC-CTA"
+            f = moved / f.name
+            ds.save_as(f)
+        sent.append(f)
+    storescu(node.port, sent)
+    queue = node.queue()
+    wait_for(
+        "the delivery",
+        lambda: queue.deliveries() and queue.deliveries()[0].status == "sent",
+        240,
+        node,
+    )
+    (job,) = queue.jobs()
+    assert job.study_instance_uid == cta_study and job.outcome == "analysed", job.reason
+    results = orthanc_results(orthanc, cta_study)
+    (sr_uid,) = [u for u, t in results.items() if t["SOPClassUID"] == SR_CLASS]
+    assert orthanc_results(orthanc, manifest["study_instance_uid"]) == {}
+    sr = pydicom.dcmread(fetch(orthanc, sr_uid, tmp_path))
+    other = {str(item.StudyInstanceUID) for item in sr.PertinentOtherEvidenceSequence}
+    assert other == {manifest["study_instance_uid"]}  # the NCCT, from the first study
+    assert dciodvfy_errors(fetch(orthanc, sr_uid, tmp_path)) == []
+    queue.catalog.close()
