@@ -11,6 +11,8 @@ def test_predictor_and_prepare_do_not_import_synth() -> None:
     code = (
         "import sys\n"
         "import scanet_node.model.predictor, scanet_node.imaging.prepare, scanet_node.service\n"
+        "import scanet_node.pipeline.worker, scanet_node.pipeline.analysis\n"
+        "import scanet_node.results.build, scanet_node.results.deliver\n"
         "banned = ('scanet_node.synth', 'scanet_node.model.train',\n"
         "          'scanet_node.model.experiment')\n"
         "print(sorted(m for m in sys.modules if m.startswith(banned)))\n"
