@@ -72,16 +72,22 @@ class TrainSettings:
         return json.dumps(values, sort_keys=True)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, generator: torch.Generator, *, flip_only: bool = False
+) -> torch.Tensor:
     """Left-right flip, in-plane shift up to 1/28 of the size, intensity scale, noise.
 
     Cheap and label-preserving: the occlusion's side is random in the data, a shift of a few
     pixels is within registration error, and the scale and noise within scanner variation.
+    ``flip_only`` for networks that standardise each voxel: there a shift or a global scale
+    moves every voxel off its cohort mean by many standard deviations and drowns the signal.
     """
     b, c, _, h, _ = x.shape
     out = x.clone()
     flip = torch.rand(b, generator=generator) < 0.5
     out[flip] = out[flip].flip(-1)
+    if flip_only:
+        return out
     limit = max(1, h // 28)
     shifts = torch.randint(-limit, limit + 1, (b, 2), generator=generator)
     for i in range(b):
@@ -224,7 +230,7 @@ def fit(
             idx = index.numpy()
             x = torch.as_tensor(np.asarray(train_x[idx], dtype=np.float32))
             if settings.augment:
-                x = augment(x, generator)
+                x = augment(x, generator, flip_only=arch.standardize)
             with autocast(device, settings.cpu_bf16):
                 out = model(x.to(device))
             loss = loss_fn(out, y_train[index].to(device), settings.aux_weight)

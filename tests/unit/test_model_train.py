@@ -69,6 +69,15 @@ def test_augment_keeps_shape_range_and_background() -> None:
     assert int((out > 0).sum()) == int((x > 0).sum())  # shifted and flipped, never grown
 
 
+def test_flip_only_augmentation_for_standardised_networks() -> None:
+    x = torch.rand(6, 2, 26, SMALL, SMALL, generator=torch.Generator().manual_seed(1))
+    out = augment(x, torch.Generator().manual_seed(0), flip_only=True)
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert any(flipped) and any(kept)
+
+
 def test_fit_is_resumable_to_the_same_result(tmp_path: Path) -> None:
     cohort = load_cohort(_tiny_cohort(tmp_path / "c"), SMALL)
     arch = Architecture(size=SMALL)
