@@ -72,22 +72,16 @@ class TrainSettings:
         return json.dumps(values, sort_keys=True)
 
 
-def augment(
-    x: torch.Tensor, generator: torch.Generator, *, flip_only: bool = False
-) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Left-right flip, in-plane shift up to 1/28 of the size, intensity scale, noise.
 
     Cheap and label-preserving: the occlusion's side is random in the data, a shift of a few
     pixels is within registration error, and the scale and noise within scanner variation.
-    ``flip_only`` for networks that standardise each voxel: there a shift or a global scale
-    moves every voxel off its cohort mean by many standard deviations and drowns the signal.
     """
     b, c, _, h, _ = x.shape
     out = x.clone()
     flip = torch.rand(b, generator=generator) < 0.5
     out[flip] = out[flip].flip(-1)
-    if flip_only:
-        return out
     limit = max(1, h // 28)
     shifts = torch.randint(-limit, limit + 1, (b, 2), generator=generator)
     for i in range(b):
@@ -104,6 +98,21 @@ class Predictions:
 
     probabilities: npt.NDArray[np.float64]
     slice_weights: npt.NDArray[np.float32]  # N x slices
+
+
+def augment_standardised(
+    x: torch.Tensor, model: nn.Module, generator: torch.Generator
+) -> torch.Tensor:
+    """:func:`augment` in the standardised space of a network that standardises its input.
+
+    Shifting or rescaling the raw input would move every voxel off its cohort mean by many
+    standard deviations and drown the signal; augmenting what the network sees keeps the
+    anatomy that never varies at 0.
+    """
+    buffers = dict(model.named_buffers())
+    mean, scale = buffers["input_mean"].detach().cpu(), buffers["input_scale"].detach().cpu()
+    z = augment((x - mean) / scale, generator)
+    return z * scale + mean
 
 
 def predict(
@@ -229,8 +238,10 @@ def fit(
         for index in bar:
             idx = index.numpy()
             x = torch.as_tensor(np.asarray(train_x[idx], dtype=np.float32))
-            if settings.augment:
-                x = augment(x, generator, flip_only=arch.standardize)
+            if settings.augment and arch.standardize:
+                x = augment_standardised(x, model, generator)
+            elif settings.augment:
+                x = augment(x, generator)
             with autocast(device, settings.cpu_bf16):
                 out = model(x.to(device))
             loss = loss_fn(out, y_train[index].to(device), settings.aux_weight)

@@ -14,7 +14,7 @@ from scanet_node.cli import main
 from scanet_node.model.checkpoint import read_card
 from scanet_node.model.data import CohortError, load_cohort
 from scanet_node.model.experiment import cross_validate
-from scanet_node.model.network import Architecture
+from scanet_node.model.network import STANDARDIZE_EPS, Architecture
 from scanet_node.model.train import TrainSettings, augment, fit
 
 SMALL = 32
@@ -69,13 +69,22 @@ def test_augment_keeps_shape_range_and_background() -> None:
     assert int((out > 0).sum()) == int((x > 0).sum())  # shifted and flipped, never grown
 
 
-def test_flip_only_augmentation_for_standardised_networks() -> None:
-    x = torch.rand(6, 2, 26, SMALL, SMALL, generator=torch.Generator().manual_seed(1))
-    out = augment(x, torch.Generator().manual_seed(0), flip_only=True)
-    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x, strict=True)]
-    kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
-    assert all(f or k for f, k in zip(flipped, kept, strict=True))
-    assert any(flipped) and any(kept)
+def test_standardised_networks_are_augmented_in_what_they_see() -> None:
+    from scanet_node.model.network import build, set_input_mean, set_input_scale
+    from scanet_node.model.train import augment_standardised
+
+    model = build(Architecture(size=SMALL, standardize=True))
+    anatomy = torch.rand(2, 26, SMALL, SMALL, generator=torch.Generator().manual_seed(1))
+    set_input_mean(model, anatomy[None])
+    set_input_scale(model, torch.full_like(anatomy, 0.01))
+    x = anatomy.expand(4, -1, -1, -1, -1).clone()  # studies that equal the cohort mean
+    out = augment_standardised(x, model, torch.Generator().manual_seed(0))
+    # Shifts, flips and scaling of an all-zero standardised input change nothing it sees...
+    seen = (out - anatomy) / (0.01 + STANDARDIZE_EPS)
+    assert float(seen.abs().max()) < 1e-3
+    # ... whereas augmenting the raw input would put voxels many SDs off the mean.
+    raw = (augment(x, torch.Generator().manual_seed(0)) - anatomy) / (0.01 + STANDARDIZE_EPS)
+    assert float(raw.abs().max()) > 1.0
 
 
 def test_fit_is_resumable_to_the_same_result(tmp_path: Path) -> None:
