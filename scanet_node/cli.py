@@ -262,6 +262,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
         use_configured_destinations=args.configured_destinations,
+        verbose=args.verbose,
     )
 
 

@@ -77,8 +77,12 @@ def _prepare_folder(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("written by scanet-node demo; removed by the next demo run\n")
 
 
-def _demo_settings(settings: Settings, data_dir: Path, pacs_port: int | None) -> Settings:
+def _demo_settings(
+    settings: Settings, data_dir: Path, pacs_port: int | None, verbose: bool
+) -> Settings:
     values = settings.model_dump(mode="json")
+    if not verbose:
+        values["logging"]["level"] = "WARNING"  # the worker process logs at this level
     values["node"].update(host="127.0.0.1", port=0, data_dir=str(data_dir.resolve()))
     values["pipeline"]["workers"] = max(1, values["pipeline"]["workers"])
     if pacs_port is not None:
@@ -96,6 +100,7 @@ def run_demo(
     seed: int = 7,
     timeout: float = 600.0,
     use_configured_destinations: bool = False,
+    verbose: bool = False,
 ) -> int:
     """Run the demo; print the result; 0 when the results reached every destination."""
     from scanet_node.model.checkpoint import read_card
@@ -109,7 +114,7 @@ def run_demo(
     _prepare_folder(data_dir)
     pacs = None if use_configured_destinations else LocalPacs(data_dir / "pacs")
     pacs_port = pacs.start() if pacs is not None else None
-    demo = _demo_settings(settings, data_dir, pacs_port)
+    demo = _demo_settings(settings, data_dir, pacs_port, verbose)
     if not demo.destinations:
         raise ScanetError("no [[destinations]] are configured (or leave out the option)")
     node = Node(demo)
