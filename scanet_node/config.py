@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scanet_node.errors import ConfigError
 
 ENV_PREFIX = "SCANET__"
+#: The shipped demo weights (trained on the synthetic cohort; see their card), the default
+#: of ``[model] checkpoint``.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "scanet-demo.pt"
 DEFAULT_CONFIG_FILE = Path("config.toml")
 
 # PS3.5 6.2: AE is up to 16 characters of the default character repertoire, no

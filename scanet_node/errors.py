@@ -30,6 +30,10 @@ class ImagingError(ScanetError):
     """
 
 
+class CheckpointError(ScanetError):
+    """Model weights that cannot be used (missing, or not made for this code), with the reason."""
+
+
 class IngestError(ScanetError):
     """An instance could not be accepted; carries the DICOM status to answer with."""
 

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from scanet_node.catalog import Catalog
-from scanet_node.config import Settings
+from scanet_node.config import DEFAULT_CHECKPOINT, Settings
 from scanet_node.imaging.classify import rules_from_settings
 from scanet_node.ingest.handlers import StoreService
 from scanet_node.ingest.server import Listener
@@ -130,7 +130,11 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
         print(f"  spool:   {node.spool.root}", flush=True)
         print(f"  allowed calling AE titles: {allowed}", flush=True)
         workers = settings.pipeline.workers
-        print(f"  analysis: {workers} worker process(es)", flush=True)
+        checkpoint = settings.model.checkpoint or DEFAULT_CHECKPOINT
+        model = str(checkpoint) if checkpoint.is_file() else "NONE: no demo weights are shipped"
+        if not checkpoint.is_file():
+            model += "; set [model] checkpoint (analyses fail until then)"
+        print(f"  analysis: {workers} worker process(es), model {model}", flush=True)
         targets = ", ".join(
             f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in settings.destinations
         )

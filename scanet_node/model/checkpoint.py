@@ -26,15 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from scanet_node.errors import ScanetError
+from scanet_node.errors import CheckpointError as CheckpointError
 from scanet_node.imaging import model_input as mi
 from scanet_node.model.network import ARCHITECTURE_VERSION, Architecture, build
 
 FORMAT = 1
-
-
-class CheckpointError(ScanetError):
-    """A checkpoint that cannot be used by this code, with the reason."""
 
 
 def preprocessing(size: int) -> dict[str, Any]:

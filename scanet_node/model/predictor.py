@@ -12,15 +12,12 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from scanet_node.config import DEFAULT_CHECKPOINT
 from scanet_node.imaging.model_input import ModelInput
 from scanet_node.model.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from scanet_node.model.device import autocast, pick_device
 
 logger = logging.getLogger(__name__)
-
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-#: The shipped demo weights (trained on the synthetic cohort; see their card).
-DEFAULT_CHECKPOINT = MODELS_DIR / "scanet-demo.pt"
 
 
 @dataclass(frozen=True)

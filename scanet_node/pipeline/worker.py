@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from scanet_node.catalog import Catalog, utcnow
 from scanet_node.catalog.jobs import AttemptInfo, DeliveryInfo, JobInfo, JobQueue
 from scanet_node.config import Settings
+from scanet_node.errors import CheckpointError
 
 if TYPE_CHECKING:
     from scanet_node.model.predictor import Predictor
@@ -120,6 +121,10 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Work until ``stop`` is set; a failure is contained to its job."""
         logger.info("worker %s started", self.owner)
+        try:
+            self.predictor  # noqa: B018 - load the model now, not during the first study
+        except CheckpointError as exc:
+            logger.error("no model to run (analyses will fail until this is fixed): %s", exc)
         while not stop.is_set():
             try:
                 busy = self.run_once()
@@ -152,6 +157,11 @@ class Worker:
                     predictor=self.predictor,
                     spool_root=self.spool_root,
                 )
+        except CheckpointError as exc:
+            # No usable weights is the administrator's to fix: retrying cannot help.
+            logger.error("job %d failed: no model to run: %s", job.id, exc, extra=extra)
+            self.queue.fail_job(job.id, self.owner, f"no model to run: {exc}")
+            return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if job.attempts >= self.settings.pipeline.job_max_attempts:

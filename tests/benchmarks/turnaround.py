@@ -113,6 +113,13 @@ def _checkpoint(given: Path | None, folder: Path) -> tuple[Path, str]:
     return path, "UNTRAINED 224 px SCANet (no demo weights shipped; same cost to run)"
 
 
+def _ncct_is_recognised(files: list[Path]) -> bool:
+    from scanet_node.imaging.classify import classify_files
+
+    ncct = [f for f in files if f.parent.name.endswith("ncct")]
+    return classify_files(ncct).role == "ncct"
+
+
 def _storescu(port: int, aet: str, files: list[Path]) -> float:
     tic = time.perf_counter()
     subprocess.run(
@@ -171,11 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, model_text = _checkpoint(args.checkpoint, folder)
         studies = []
         tic = time.perf_counter()
-        for n in range(args.studies):
+        n = 0
+        while len(studies) < args.studies:
             manifest = write_study(
                 folder / "studies", plan_study(2026, n), cta_slice_mm=args.cta_slice_mm
             )
+            n += 1
             files = sorted((folder / "studies" / manifest["case_id"]).rglob("*.dcm"))
+            if not _ncct_is_recognised(files):
+                # The image check takes some synthetic NCCTs for contrast-enhanced (issue 6
+                # note): the node then waits for an NCCT and reports it missing after an hour.
+                print(f"  skipped {manifest['case_id']}: its NCCT is not recognised as one")
+                continue
             studies.append((manifest, files))
         print(
             f"{args.studies} synthetic studies ({len(studies[0][1])} instances each) "
@@ -193,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             assert serve.stdout is not None
             match = re.search(r":(\d+)", serve.stdout.readline())
             if match is None:
-                print("serve did not start; see", log.name)
+                log.close()
+                print("serve did not start:\n" + Path(log.name).read_text()[-3000:])
                 return 1
             port = int(match.group(1))
             memory = PeakRss(serve.pid)
