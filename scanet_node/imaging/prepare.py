@@ -176,6 +176,7 @@ def prepare(
         registration=registration,
         ncct_shape=(int(ncct.hu.shape[0]), int(ncct.hu.shape[1]), int(ncct.hu.shape[2])),
         ncct_affine=np.asarray(ncct.affine, dtype=np.float64),
+        ncct_hu=ncct.hu,
         timings=timings,
     )
 

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom import dcmread
@@ -49,7 +49,6 @@ class Analysis:
     sr_sop_instance_uid: str
     results_dir: Path
     files: list[Path]
-    overlay_png: Path | None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -93,22 +92,17 @@ def _slice_dataset(headers: list[Dataset], model_input: ModelInput, k: int) -> D
     return headers[int(np.argmin(np.abs(np.asarray(positions) - target)))]
 
 
-def _hu(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
-    ds = dcmread(path)
-    pixels = ds.pixel_array.astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return np.asarray(pixels * slope + intercept, dtype=np.float32)
-
-
 def overlays(
     model_input: ModelInput,
     prediction: Prediction,
-    ncct_paths: list[Path],
     ncct_headers: list[Dataset],
     count: int,
 ) -> list[OverlaySlice]:
-    """The native NCCT slices through the ``count`` most weighted slabs, with the attention."""
+    """The native NCCT slices through the ``count`` most weighted slabs, with the attention.
+
+    Image and attention are slice ``k`` of the same regularised NCCT grid; ``source`` is the
+    NCCT instance nearest to it, for the reference.
+    """
     from scanet_node.results.types import OverlaySlice
 
     size = model_input.tensor.shape[-1]
@@ -117,7 +111,6 @@ def overlays(
     volume = prediction.attention_volume(size) * inside
     peak = float(volume.max())
     attention = model_input.slab_to_ncct(volume / peak if peak > 0 else volume)
-    by_uid = {str(h.SOPInstanceUID): (h, p) for h, p in zip(ncct_headers, ncct_paths, strict=True)}
     chosen: list[OverlaySlice] = []
     seen: set[str] = set()
     for slab in np.argsort(-prediction.slice_weights)[: count * 2]:
@@ -127,15 +120,11 @@ def overlays(
         if uid in seen:
             continue
         seen.add(uid)
-        hu = _hu(by_uid[uid][1])
-        att = attention[k]
-        if att.shape != hu.shape:
-            continue  # an irregular series: no overlay rather than a misplaced one
         chosen.append(
             OverlaySlice(
                 source=header,
-                hu=hu,
-                attention=np.clip(att, 0.0, 1.0).astype(np.float32),
+                hu=np.asarray(model_input.ncct_hu[k], dtype=np.float32),
+                attention=np.clip(attention[k], 0.0, 1.0).astype(np.float32),
                 slab=int(slab),
                 slice_weight=float(prediction.slice_weights[slab]),
             )
@@ -183,7 +172,7 @@ def analyse(
     started = time.perf_counter()
     folder = settings.results_dir / f"job-{job.id}"
     paths = {
-        role: [spool_root / p for p in queue.series_paths(uid)] if uid else []
+        role: [spool_root / p for p in queue.catalog.instance_paths(uid)] if uid else []
         for role, uid in (("ncct", job.ncct_series_uid), ("cta", job.cta_series_uid))
     }
     headers = {role: _headers(p) for role, p in paths.items()}
@@ -237,11 +226,7 @@ def analyse(
             timings["infer"] = time.perf_counter() - tic
             tic = time.perf_counter()
             shown = overlays(
-                model_input,
-                prediction,
-                paths["ncct"],
-                headers["ncct"],
-                settings.results.overlay_slices,
+                model_input, prediction, headers["ncct"], settings.results.overlay_slices
             )
             timings["overlay"] = time.perf_counter() - tic
             result = AnalysisResult(
@@ -274,11 +259,10 @@ def analyse(
     )
     datasets = build(study, result, series_number=settings.results.series_number)
     files = _write(datasets, folder)
-    overlay_png = None
     sc = [ds for ds in datasets if ds.Modality != "SR"]
-    if sc:
+    if sc:  # the summary, then the overlays (results.build)
         write_png(sc[0], folder / SUMMARY_PNG)
-        overlay_png = write_png(sc[1] if len(sc) > 1 else sc[0], folder / OVERLAY_PNG)
+        write_png(sc[1] if len(sc) > 1 else sc[0], folder / OVERLAY_PNG)
     timings["build"] = time.perf_counter() - tic
     timings["total"] = time.perf_counter() - started
     return Analysis(
@@ -290,6 +274,5 @@ def analyse(
         sr_sop_instance_uid=str(datasets[0].SOPInstanceUID),
         results_dir=folder,
         files=files,
-        overlay_png=overlay_png,
         timings=timings,
     )
