@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,7 @@ class LocalPacs:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.received: list[str] = []
         self._server: Any = None
-        self._lock = threading.Lock()
 
     def start(self) -> int:
         """Listen on a free port of 127.0.0.1; return the port."""
@@ -53,10 +50,7 @@ class LocalPacs:
 
     def _store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
-        path = self.folder / f"{uid}.dcm"
-        path.write_bytes(event.encoded_dataset())
-        with self._lock:
-            self.received.append(uid)
+        (self.folder / f"{uid}.dcm").write_bytes(event.encoded_dataset())
         return 0x0000
 
     def stop(self) -> None:
@@ -148,7 +142,7 @@ def run_demo(
             return 1
         sent_at = time.perf_counter()
         print(f"sent {outcome.sent} instances in {sent_at - tic:.1f} s; waiting for the results")
-        return _wait_and_report(node, demo, study_uid, sent_at, timeout)
+        return _wait_and_report(node.catalog, study_uid, sent_at, timeout)
     finally:
         node.stop(grace_seconds=2)
         if pacs is not None:
@@ -156,14 +150,11 @@ def run_demo(
         print(f"demo took {time.perf_counter() - started:.0f} s")
 
 
-def _wait_and_report(
-    node: Any, settings: Settings, study_uid: str, sent_at: float, timeout: float
-) -> int:
-    queue = JobQueue(node.catalog)
+def _wait_and_report(catalog: Any, study_uid: str, sent_at: float, timeout: float) -> int:
+    queue = JobQueue(catalog)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = [j for j in queue.jobs() if j.status in ("done", "failed")]
-        done = [j for j in jobs if j.study_instance_uid == study_uid]
+        done = [j for j in queue.jobs(study_uid) if j.status in ("done", "failed")]
         if done:
             job = done[0]
             if job.status == "failed":

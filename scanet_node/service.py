@@ -131,9 +131,12 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
         print(f"  allowed calling AE titles: {allowed}", flush=True)
         workers = settings.pipeline.workers
         checkpoint = settings.model.checkpoint or DEFAULT_CHECKPOINT
-        model = str(checkpoint) if checkpoint.is_file() else "NONE: no demo weights are shipped"
-        if not checkpoint.is_file():
-            model += "; set [model] checkpoint (analyses fail until then)"
+        model = (
+            str(checkpoint)
+            if checkpoint.is_file()
+            else "NONE: no demo weights are shipped; set [model] checkpoint "
+            "(analyses fail until then)"
+        )
         print(f"  analysis: {workers} worker process(es), model {model}", flush=True)
         targets = ", ".join(
             f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in settings.destinations

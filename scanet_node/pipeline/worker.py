@@ -205,31 +205,40 @@ class Worker:
     def deliver(self, delivery: DeliveryInfo) -> DeliveryInfo:
         """Send one delivery's results once and record the attempt."""
         from scanet_node.pipeline.analysis import result_files
-        from scanet_node.results.deliver import Peer, next_attempt_delay, send, should_give_up
+        from scanet_node.results.deliver import (
+            Peer,
+            SendOutcome,
+            next_attempt_delay,
+            send,
+            should_give_up,
+        )
 
         settings = self.settings.delivery
         files = result_files(Path(delivery.results_dir)) if delivery.results_dir else []
         started_at = utcnow()
         tic = time.perf_counter()
-        if not files:
-            outcome_ok, permanent, status, detail, sent = (
-                False,
-                True,
-                "missing",
-                f"the results of job {delivery.job_id} are no longer on disk",
-                0,
-            )
-        else:
+        if files:
             outcome = send(
                 files,
                 Peer(delivery.ae_title, delivery.host, delivery.port, delivery.destination),
                 calling_aet=self.settings.calling_ae_title,
                 timeout=settings.timeout_seconds,
             )
-            outcome_ok, permanent = outcome.ok, outcome.permanent
-            status, detail, sent = outcome.status, outcome.detail, outcome.sent
+        else:
+            outcome = SendOutcome(
+                ok=False,
+                permanent=True,
+                status="missing",
+                detail=f"the results of job {delivery.job_id} are no longer on disk",
+            )
         attempt = AttemptInfo(
-            started_at, time.perf_counter() - tic, outcome_ok, permanent, status, detail, sent
+            started_at,
+            time.perf_counter() - tic,
+            outcome.ok,
+            outcome.permanent,
+            outcome.status,
+            outcome.detail,
+            outcome.sent,
         )
         give_up = should_give_up(
             delivery.created_at, utcnow(), timedelta(hours=settings.give_up_after_hours)
@@ -246,12 +255,12 @@ class Worker:
             give_up=give_up,
         )
         extra = {"job_id": delivery.job_id, "study_uid": delivery.study_instance_uid}
-        if outcome_ok:
+        if outcome.ok:
             logger.info(
                 "job %d: results sent to %s (%d instances, %.1f s)",
                 delivery.job_id,
                 delivery.destination,
-                sent,
+                outcome.sent,
                 attempt.seconds,
                 extra=extra,
             )
@@ -261,7 +270,7 @@ class Worker:
                 delivery.job_id,
                 delivery.destination,
                 updated.attempts,
-                detail,
+                outcome.detail,
                 extra=extra,
             )
         else:
@@ -269,7 +278,7 @@ class Worker:
                 "job %d: delivery to %s failed (%s), retry in %.0f s",
                 delivery.job_id,
                 delivery.destination,
-                detail,
+                outcome.detail,
                 delay,
                 extra=extra,
             )
