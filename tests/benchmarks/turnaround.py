@@ -96,20 +96,9 @@ def _checkpoint(given: Path | None, folder: Path) -> tuple[Path, str]:
     demo = Path(__file__).resolve().parents[2] / "models" / "scanet-demo.pt"
     if demo.is_file():
         return demo, "the shipped demo weights"
-    import torch
+    from model_samples import untrained_checkpoint
 
-    from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
-    from scanet_node.model.network import Architecture, build
-
-    torch.manual_seed(0)
-    path = folder / "untrained-224.pt"
-    card = ModelCard(
-        architecture={},
-        preprocessing=preprocessing(224),
-        training={"data": "none: untrained weights, for timing only"},
-        metrics={},
-    )
-    save_checkpoint(path, build(Architecture(size=224)), card)
+    path = untrained_checkpoint(folder / "untrained-224.pt", 224, "for timing only")
     return path, "UNTRAINED 224 px SCANet (no demo weights shipped; same cost to run)"
 
 

@@ -7,24 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
-from scanet_node.model.network import Architecture, build
+from model_samples import untrained_checkpoint
 
 SIZE = 64
 
 
 def test_demo_prints_the_probability_the_overlay_and_the_stage_times(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "untrained-64.pt"
-    card = ModelCard(
-        architecture={},
-        preprocessing=preprocessing(SIZE),
-        training={"data": "none: untrained weights for the demo command's test"},
-        metrics={},
+    checkpoint = untrained_checkpoint(
+        tmp_path / "untrained-64.pt", SIZE, "for the demo command's test"
     )
-    save_checkpoint(checkpoint, build(Architecture(size=SIZE)), card)
     config = tmp_path / "config.toml"
     config.write_text(f'[model]\ncheckpoint = "{checkpoint}"\ndevice = "cpu"\nthreads = 1\n')
     data = tmp_path / "demo"

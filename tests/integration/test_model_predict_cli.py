@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from model_samples import untrained_checkpoint
 
 from scanet_node.cli import main
-from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
-from scanet_node.model.network import Architecture, build
 from scanet_node.synth.cohort import plan_study, write_study
 
 SIZE = 64
@@ -19,16 +17,7 @@ SIZE = 64
 def test_predict_prepares_at_the_card_size_and_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "m.pt"
-    card = ModelCard(
-        architecture={},
-        preprocessing=preprocessing(SIZE),
-        training={"data": "none: untrained weights for this test"},
-        metrics={},
-        threshold=0.5,
-    )
-    save_checkpoint(checkpoint, build(Architecture(size=SIZE)), card)
+    checkpoint = untrained_checkpoint(tmp_path / "m.pt", SIZE, "for this test")
     manifest = write_study(tmp_path, plan_study(41, 0), small=True)
     study = tmp_path / manifest["case_id"]
     assert main(["predict", str(study), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 0
@@ -45,9 +34,7 @@ def test_predict_prepares_at_the_card_size_and_reports(
 def test_predict_names_why_a_study_cannot_be_analysed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    checkpoint = tmp_path / "m.pt"
-    card = ModelCard(architecture={}, preprocessing=preprocessing(SIZE), training={}, metrics={})
-    save_checkpoint(checkpoint, build(Architecture(size=SIZE)), card)
+    checkpoint = untrained_checkpoint(tmp_path / "m.pt", SIZE, "for this test")
     manifest = write_study(tmp_path, plan_study(41, 1), small=True, variant="no-cta")
     argv = ["predict", str(tmp_path / manifest["case_id"]), "--checkpoint", str(checkpoint)]
     assert main(argv) == 3

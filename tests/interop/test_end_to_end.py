@@ -23,14 +23,12 @@ from typing import Any
 import psutil
 import pydicom
 import pytest
-import torch
 from conftest import dcmtk
+from model_samples import untrained_checkpoint
 from orthanc import OrthancServer, requires_orthanc, run_orthanc
 
 from scanet_node.catalog import Catalog
 from scanet_node.catalog.jobs import JobQueue
-from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
-from scanet_node.model.network import Architecture, build
 from scanet_node.synth.cohort import plan_study, write_study
 
 pytestmark = [pytest.mark.dcmtk, requires_orthanc]
@@ -43,17 +41,8 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "untrained-64.pt"
-    card = ModelCard(
-        architecture={},
-        preprocessing=preprocessing(SIZE),
-        training={"data": "none: untrained weights for the end-to-end tests"},
-        metrics={},
-        threshold=0.5,
-    )
-    save_checkpoint(path, build(Architecture(size=SIZE)), card)
-    return path
+    return untrained_checkpoint(path, SIZE, "for the end-to-end tests")
 
 
 @pytest.fixture
@@ -190,7 +179,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, node: Node) ->
     raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-6000:]}")
 
 
-def orthanc_results(orthanc: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
+def orthanc_results(orthanc: OrthancServer, study_uid: str) -> dict[str, dict[str, Any]]:
     """Our SR and SC instances in Orthanc for one study, by SOP Instance UID."""
     found = {}
     for uid, orthanc_id in orthanc.instance_ids().items():
@@ -201,6 +190,11 @@ def orthanc_results(orthanc: OrthancServer, study_uid: str) -> dict[str, pydicom
         ):
             found[uid] = tags
     return found
+
+
+def sr_uids(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The SOP Instance UIDs of the SRs among :func:`orthanc_results`."""
+    return [uid for uid, tags in results.items() if tags["SOPClassUID"] == SR_CLASS]
 
 
 def fetch(orthanc: OrthancServer, uid: str, folder: Path) -> Path:
@@ -251,7 +245,7 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
         node,
     )
     first = orthanc_results(orthanc, study_uid)
-    srs = [uid for uid, tags in first.items() if tags["SOPClassUID"] == SR_CLASS]
+    srs = sr_uids(first)
     assert len(srs) == 1
     fetched = tmp_path / "fetched"
     fetched.mkdir()
@@ -287,11 +281,7 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
     storescu(node.port, [late])
     second = wait_for(
         "the amended SR",
-        lambda: [
-            u
-            for u, t in orthanc_results(orthanc, study_uid).items()
-            if t["SOPClassUID"] == SR_CLASS and u not in srs
-        ],
+        lambda: [u for u in sr_uids(orthanc_results(orthanc, study_uid)) if u not in srs],
         240,
         node,
     )
@@ -303,10 +293,7 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
     assert [j["supersedes_id"] for j in jobs] == [jobs[1]["id"], None]
     time.sleep(2)  # a sweep or two more: still exactly two jobs and two SRs
     assert len(json.loads(node.cli("jobs", "--json").stdout)) == 2
-    srs_now = [
-        u for u, t in orthanc_results(orthanc, study_uid).items() if t["SOPClassUID"] == SR_CLASS
-    ]
-    assert len(srs_now) == 2
+    assert len(sr_uids(orthanc_results(orthanc, study_uid))) == 2
 
 
 def test_a_worker_killed_mid_job_still_delivers_once(
@@ -342,7 +329,7 @@ def test_a_worker_killed_mid_job_still_delivers_once(
         node,
     )
     results = orthanc_results(orthanc, manifest["study_instance_uid"])
-    assert sum(t["SOPClassUID"] == SR_CLASS for t in results.values()) == 1
+    assert len(sr_uids(results)) == 1
     assert len(queue.deliveries()) == 1
     # Every instance storescu sent is in the catalog.
     assert queue.catalog.count_instances() == len(files)
@@ -372,7 +359,7 @@ def test_a_pacs_that_is_down_gets_the_not_analysable_report_when_it_is_back(
     orthanc.start()
     wait_for("the delivery", lambda: queue.deliveries()[0].status == "sent", 60, node)
     results = orthanc_results(orthanc, manifest["study_instance_uid"])
-    srs = [u for u, t in results.items() if t["SOPClassUID"] == SR_CLASS]
+    srs = sr_uids(results)
     assert len(srs) == 1
     path = fetch(orthanc, srs[0], tmp_path)
     assert dciodvfy_errors(path) == []
@@ -417,7 +404,7 @@ def test_a_cta_filed_under_its_own_study_is_paired_and_takes_the_results(
     (job,) = queue.jobs()
     assert job.study_instance_uid == cta_study and job.outcome == "analysed", job.reason
     results = orthanc_results(orthanc, cta_study)
-    (sr_uid,) = [u for u, t in results.items() if t["SOPClassUID"] == SR_CLASS]
+    (sr_uid,) = sr_uids(results)
     assert orthanc_results(orthanc, manifest["study_instance_uid"]) == {}
     sr = pydicom.dcmread(fetch(orthanc, sr_uid, tmp_path))
     other = {str(item.StudyInstanceUID) for item in sr.PertinentOtherEvidenceSequence}
