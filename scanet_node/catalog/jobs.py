@@ -22,7 +22,6 @@ from scanet_node.catalog.models import (
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
-    Instance,
     Job,
     JobStatus,
     Series,
@@ -204,17 +203,14 @@ class JobQueue:
         """Settled series without a role, with their instance paths."""
         with self.catalog._read() as session:
             rows = session.execute(
-                select(Series.id, Series.series_instance_uid, Study.study_instance_uid)
+                select(Series.series_instance_uid, Study.study_instance_uid)
                 .join(Study, Study.id == Series.study_id)
                 .where(Series.state == SeriesState.SETTLED, Series.role.is_(None))
             ).all()
-            out = []
-            for series_id, series_uid, study_uid in rows:
-                paths = session.scalars(
-                    select(Instance.path).where(Instance.series_id == series_id)
-                ).all()
-                out.append(SeriesToClassify(series_uid, study_uid, list(paths)))
-            return out
+        return [
+            SeriesToClassify(series_uid, study_uid, self.catalog.instance_paths(series_uid))
+            for series_uid, study_uid in rows
+        ]
 
     def set_series_role(self, series_instance_uid: str, role: str, reason: str) -> None:
         """Record the role of a series and why."""
@@ -226,10 +222,7 @@ class JobQueue:
             )
 
     def candidates(self) -> list[CandidateSeries]:
-        """Every series of every patient that has a settled NCCT or CTA without a finished job.
-
-        Small by construction: the trigger looks at series, never at instances.
-        """
+        """Every series in the catalog, with what the trigger decides on (never instances)."""
         with self.catalog._read() as session:
             rows = session.execute(
                 select(
@@ -449,22 +442,6 @@ class JobQueue:
                 inputs_received_at=last.inputs_received_at,
             )
         )
-
-    def series_paths(self, series_instance_uid: str) -> list[str]:
-        """Spool-relative paths of a series' instances."""
-        return self.catalog.instance_paths(series_instance_uid)
-
-    def queue_depth(self) -> int:
-        """Jobs queued or running."""
-        with self.catalog._read() as session:
-            return (
-                session.scalar(
-                    select(func.count(Job.id)).where(
-                        Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
-                    )
-                )
-                or 0
-            )
 
     # -- deliveries -----------------------------------------------------------------------
 

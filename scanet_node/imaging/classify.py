@@ -781,6 +781,24 @@ def select_series(
     return Selection(chosen["ncct"], chosen["cta"], tuple(reasons), roles)
 
 
+def _with_image_check(
+    facts: SeriesFacts,
+    paths: Sequence[Path],
+    rules: ClassificationRules,
+    load: Callable[[Sequence[Path]], Volume],
+) -> SeriesFacts:
+    """``facts`` with the image check added when the tags alone cannot decide.
+
+    Raises
+    ------
+    ImagingError
+        When the series cannot be loaded for the check.
+    """
+    if not classify_series(facts, rules).needs_image_check:
+        return facts
+    return replace(facts, image=image_evidence(load(paths)))
+
+
 def choose_series(
     study_dir: Path,
     rules: ClassificationRules | None = None,
@@ -798,13 +816,11 @@ def choose_series(
     found = find_series(study_dir)
     for series in found:
         facts = facts_from_header(series.header, len(series.paths), series.number_of_images)
-        if classify_series(facts, rules).needs_image_check:
-            try:
-                volume = load(series.paths)
-            except ImagingError as exc:
-                notes.append(f"{_label(series.series_instance_uid, facts)}: left out, {exc}")
-                continue
-            facts = replace(facts, image=image_evidence(volume))
+        try:
+            facts = _with_image_check(facts, series.paths, rules, load)
+        except ImagingError as exc:
+            notes.append(f"{_label(series.series_instance_uid, facts)}: left out, {exc}")
+            continue
         candidates.append((series.series_instance_uid, facts))
     selection = select_series(candidates, rules)
     logger.info(
@@ -834,11 +850,9 @@ def classify_files(paths: Sequence[Path], rules: ClassificationRules | None = No
     frames = header.get("NumberOfFrames")
     images = None if frames is None else int(frames) * len(paths)
     facts = facts_from_header(header, len(paths), images)
-    role = classify_series(facts, rules)
-    if not role.needs_image_check:
-        return role
     try:
-        volume = load_series(list(paths))
+        facts = _with_image_check(facts, paths, rules, load_series)
     except ImagingError as exc:
-        return SeriesRole("other", f"{role.reason}; image check impossible: {exc}", 0.0)
-    return classify_series(replace(facts, image=image_evidence(volume)), rules)
+        reason = classify_series(facts, rules).reason
+        return SeriesRole("other", f"{reason}; image check impossible: {exc}", 0.0)
+    return classify_series(facts, rules)
