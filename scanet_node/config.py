@@ -8,6 +8,7 @@ This is the only module that reads configuration files or the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -73,6 +74,9 @@ class SecuritySettings(_Section):
     """``[security]``: who may connect, and TLS."""
 
     allowed_calling_aets: list[str] = Field(default_factory=list)
+    #: Calling AE titles bound to host addresses: such an AE title gets in only from one of
+    #: its addresses (IP addresses, or host names resolved when the listener starts).
+    ae_hosts: dict[str, list[str]] = Field(default_factory=dict)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
@@ -81,6 +85,17 @@ class SecuritySettings(_Section):
     @classmethod
     def _valid_aets(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in value]
+
+    @field_validator("ae_hosts")
+    @classmethod
+    def _valid_ae_hosts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for aet, hosts in value.items():
+            hosts = [h.strip() for h in hosts if h.strip()]
+            if not hosts:
+                raise ValueError(f"{aet!r}: give at least one host address")
+            out[_check_ae_title(aet)] = hosts
+        return out
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SecuritySettings:
@@ -146,8 +161,30 @@ class Destination(_Section):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    #: DICOM TLS to this peer; its certificate is checked against ``tls_ca`` (default:
+    #: the system's trusted CAs) and its name against ``tls_server_name`` (default: host).
+    tls: bool = False
+    tls_ca: Path | None = None
+    #: Our client certificate and key, for a peer that asks for one (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str = ""
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Destination:
+        names = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+        if not self.tls and any(getattr(self, n) for n in names):
+            raise ValueError("tls_ca, tls_cert, tls_key and tls_server_name need tls = true")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ValueError(f"{missing} is required when the other of tls_cert/tls_key is set")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: file {str(path)!r} does not exist")
+        return self
 
 
 class DeliverySettings(_Section):
@@ -237,6 +274,49 @@ class ModelSettings(_Section):
         return value
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminSettings(_Section):
+    """``[admin]``: the read-only web page, ``/healthz`` and ``/metrics`` that ``serve`` runs."""
+
+    enabled: bool = True
+    #: Loopback by default; any other address needs ``token``.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8104, ge=0, le=65535)
+    #: Asked for as ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN`` in a browser) on
+    #: every page but ``/healthz``; required when ``host`` is not a loopback address.
+    token: str = ""
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AdminSettings:
+        if self.enabled and not _is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"token is required when host is not a loopback address (host = {self.host!r})"
+            )
+        if self.token and len(self.token) < 16:
+            raise ValueError("token must be at least 16 characters")
+        return self
+
+
+class RetentionSettings(_Section):
+    """``[retention]``: how long received instances and results are kept."""
+
+    #: Spool files and results of a study whose last instance arrived more than this many
+    #: days ago are deleted; the catalog keeps a de-identified audit row of the study.
+    days: float = Field(default=30.0, gt=0, le=3650)
+    #: Also purge a study as soon as every delivery of its results succeeded.
+    purge_after_delivery: bool = False
+    #: How often the scheduler looks for studies to purge.
+    sweep_seconds: float = Field(default=300.0, ge=1, le=86400)
+
+
 class LoggingSettings(_Section):
     """``[logging]``: the level of the node's own log lines."""
 
@@ -263,6 +343,8 @@ class Settings(_Section):
     results: ResultsSettings = Field(default_factory=ResultsSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

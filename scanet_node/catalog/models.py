@@ -1,4 +1,4 @@
-"""The catalog's tables: Study, Series, Instance, Job, Delivery, DeliveryAttempt.
+"""The catalog's tables: Study, Series, Instance, Job, Delivery, DeliveryAttempt, PurgeAudit.
 
 Identifiers of the patient are not kept in clear: ``patient_key`` is a SHA-256 of
 the issuer and Patient ID, enough to pair series of one patient across studies.
@@ -236,3 +236,28 @@ class DeliveryAttempt(Base):
     status: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text)
     sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PurgeAudit(Base):
+    """What remains of a study after retention purged it: de-identified, for the audit trail.
+
+    No UIDs, no patient key, no study date: only when it was received and purged, by which
+    rule, how much it held, and how its analysis and deliveries ended.
+    """
+
+    __tablename__ = "purge_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    purged_at: Mapped[datetime] = mapped_column(DateTime)
+    #: "age" (older than [retention] days) or "delivered" (every delivery succeeded).
+    rule: Mapped[str] = mapped_column(String(16))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime)
+    num_series: Mapped[int] = mapped_column(Integer)
+    num_instances: Mapped[int] = mapped_column(Integer)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger)
+    #: Jobs that filed results in the study, the last one's outcome, and its deliveries.
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    deliveries_sent: Mapped[int] = mapped_column(Integer, default=0)
+    deliveries_failed: Mapped[int] = mapped_column(Integer, default=0)
