@@ -23,10 +23,11 @@ NodeFactory = Callable[..., Node]
 
 def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a test node: port 0 on 127.0.0.1, data in ``data_dir``, no low-disk guard,
-    no worker process (tests that analyse ask for one)."""
+    no worker process (tests that analyse ask for one), no admin web page."""
     overrides: dict[str, dict[str, Any]] = {
         "node": {"host": "127.0.0.1", "port": 0, "data_dir": str(data_dir), "min_free_disk_mb": 0},
         "pipeline": {"series_settle_seconds": 30, "workers": 0},
+        "admin": {"enabled": False},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
