@@ -57,6 +57,14 @@ def node(node_factory: NodeFactory) -> Node:
 
 
 @pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A test CA and certificates signed by it (tests/pki.py), in ``tmp_path/pki``."""
+    from pki import make_pki
+
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs that fills up (mounting needs root, as tests/run and CI have)."""
     mount = tmp_path / "tiny"

@@ -122,7 +122,9 @@ class StoreService:
         assoc = event.assoc
         calling = assoc.requestor.ae_title
         allowed = [a.strip() for a in assoc.ae.require_calling_aet]
-        if allowed and calling not in allowed:
+        if getattr(event, "reason", None):
+            reason = str(event.reason)
+        elif allowed and calling not in allowed:
             reason = "calling AE title not allowed"
         elif assoc.ae.require_called_aet and assoc.requestor.primitive.called_ae_title != (
             assoc.acceptor.ae_title.strip()

@@ -1,7 +1,9 @@
 """The DICOM listener: a pynetdicom AE with Verification and Storage SCP.
 
 Association policy: the called AE title must be ours; when
-``[security] allowed_calling_aets`` is set, only those calling AE titles get in.
+``[security] allowed_calling_aets`` is set, only those calling AE titles get in, and a
+calling AE title bound to host addresses by ``[security.ae_hosts]`` gets in only from one
+of them.
 Every storage SOP class is accepted in the transfer syntaxes scanners and PACS
 send; instances are kept in the transfer syntax they arrived in.
 """
@@ -9,6 +11,7 @@ send; instances are kept in the transfer syntax they arrived in.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import socketserver
@@ -73,6 +76,65 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def _normalise_address(address: str) -> str:
+    """An IP address in one canonical text form (IPv4-mapped IPv6 as plain IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def resolve_ae_hosts(ae_hosts: dict[str, list[str]]) -> dict[str, frozenset[str]]:
+    """The addresses each bound calling AE title may connect from, host names resolved.
+
+    Raises
+    ------
+    ListenerError
+        When a host name of ``[security.ae_hosts]`` does not resolve.
+    """
+    resolved: dict[str, frozenset[str]] = {}
+    for aet, hosts in ae_hosts.items():
+        addresses: set[str] = set()
+        for host in hosts:
+            try:
+                infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+            except OSError as exc:
+                raise ListenerError(
+                    f"[security.ae_hosts] {aet}: cannot resolve {host!r}: {exc}"
+                ) from None
+            addresses.update(_normalise_address(str(info[4][0])) for info in infos)
+        resolved[aet] = frozenset(addresses)
+    return resolved
+
+
+class _HostBinding:
+    """EVT_REQUESTED: refuse a bound calling AE title that connects from another address."""
+
+    def __init__(self, allowed: dict[str, frozenset[str]]) -> None:
+        self.allowed = allowed
+
+    def __call__(self, event: Any) -> None:
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        addresses = self.allowed.get(calling)
+        if addresses is None or _normalise_address(assoc.requestor.address) in addresses:
+            return
+        from pynetdicom import evt
+
+        # A-ASSOCIATE-RJ: rejected permanent, DUL service user, calling AE not recognised.
+        assoc.requestor.ae_title = calling
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(
+            assoc,
+            evt.EVT_REJECTED,
+            {"reason": f"calling AE title {calling} is not allowed from this address"},
+        )
+        assoc.kill()  # as pynetdicom's own rejection does: the DUL sends the A-ASSOCIATE-RJ
+
+
 def _set_nodelay(event: Any) -> None:
     # The C-STORE response is a small write; without TCP_NODELAY it can wait
     # for the peer's delayed ACK (tens of ms per instance on loopback).
@@ -122,6 +184,10 @@ class Listener:
             (evt.EVT_CONN_CLOSE, service.handle_conn_close),
             (evt.EVT_REJECTED, service.handle_rejected),
         ]
+        if settings.security.ae_hosts:
+            self._handlers.append(
+                (evt.EVT_REQUESTED, _HostBinding(resolve_ae_hosts(settings.security.ae_hosts)))
+            )
         self._server: Any = None
         self._lock = threading.Lock()
 

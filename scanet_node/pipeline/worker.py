@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from datetime import timedelta
@@ -208,6 +209,7 @@ class Worker:
         from scanet_node.results.deliver import (
             Peer,
             SendOutcome,
+            client_ssl_context,
             next_attempt_delay,
             send,
             should_give_up,
@@ -217,12 +219,29 @@ class Worker:
         files = result_files(Path(delivery.results_dir)) if delivery.results_dir else []
         started_at = utcnow()
         tic = time.perf_counter()
-        if files:
+        tls: tuple[ssl.SSLContext, str] | None = None
+        tls_error = ""
+        destination = next(
+            (d for d in self.settings.destinations if d.name == delivery.destination), None
+        )
+        if destination is not None and destination.tls:
+            try:
+                context = client_ssl_context(
+                    destination.tls_ca, destination.tls_cert, destination.tls_key
+                )
+                tls = (context, destination.tls_server_name)
+            except (OSError, ssl.SSLError) as exc:
+                tls_error = f"cannot load the TLS files of destination {destination.name}: {exc}"
+        if tls_error:
+            outcome = SendOutcome(ok=False, permanent=True, status="tls", detail=tls_error)
+        elif files:
             outcome = send(
                 files,
                 Peer(delivery.ae_title, delivery.host, delivery.port, delivery.destination),
                 calling_aet=self.settings.calling_ae_title,
                 timeout=settings.timeout_seconds,
+                ssl_context=tls[0] if tls else None,
+                server_hostname=tls[1] if tls else "",
             )
         else:
             outcome = SendOutcome(

@@ -291,6 +291,7 @@ def send(
     calling_aet: str,
     timeout: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str = "",
 ) -> SendOutcome:
     """Store ``datasets`` on ``peer`` over one association.
 
@@ -311,7 +312,10 @@ def send(
     timeout
         Seconds for each of: TCP connect, association answer, each C-STORE response.
     ssl_context
-        TLS client context; the peer's host name is checked against its certificate.
+        TLS client context; the peer's certificate is checked against ``server_hostname``
+        (default: the peer's host).
+    server_hostname
+        The name the peer's certificate must carry, when it is not the host we connect to.
     """
     label = peer.name or peer.ae_title
     where = f"{label} at {peer.host}:{peer.port}"
@@ -328,7 +332,8 @@ def send(
             what = f"file {item.name}" if isinstance(item, Path) else f"dataset #{index + 1}"
             failures.append(_Failure("invalid", f"{what} cannot be sent: {exc}", True))
 
-    outcome = _associate_and_store(loaded, peer, where, calling_aet, timeout, ssl_context, failures)
+    tls = (ssl_context, server_hostname or peer.host) if ssl_context is not None else None
+    outcome = _associate_and_store(loaded, peer, where, calling_aet, timeout, tls, failures)
     sent, statuses = outcome
     if failures:
         permanent, status, detail = _summarise(failures, sent, total)
@@ -359,7 +364,7 @@ def _associate_and_store(
     where: str,
     calling_aet: str,
     timeout: float,
-    ssl_context: ssl.SSLContext | None,
+    tls: tuple[ssl.SSLContext, str] | None,
     failures: list[_Failure],
 ) -> tuple[int, dict[str, int]]:
     """The association itself; appends to ``failures``, returns ``(sent, statuses)``."""
@@ -398,7 +403,7 @@ def _associate_and_store(
             peer.host,
             peer.port,
             ae_title=peer.ae_title,
-            tls_args=(ssl_context, peer.host) if ssl_context is not None else None,
+            tls_args=tls,
             evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: connected.append(True))],
         )
     except OSError as exc:  # name resolution happens before any thread starts
@@ -469,6 +474,27 @@ def _associate_and_store(
         if assoc.is_established:
             assoc.release()
     return sent, statuses
+
+
+def client_ssl_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """The TLS client context for a destination (``[[destinations]] tls_*``).
+
+    The peer's certificate is checked against ``ca`` (default: the system's trusted CAs);
+    ``cert`` and ``key`` are our certificate for a peer that asks for one (mutual TLS).
+
+    Raises
+    ------
+    ssl.SSLError, OSError
+        When a file is not a certificate or key, or cannot be read.
+    """
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca is not None else None
+    )
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def next_attempt_delay(attempts: int, *, initial: float = 5.0, maximum: float = 300.0) -> float:

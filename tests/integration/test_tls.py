@@ -1,65 +1,17 @@
-"""DICOM TLS on the listener, with certificates made by the test and a pynetdicom TLS peer."""
+"""The listener's security: DICOM TLS (certificates made by the test, a pynetdicom TLS peer)
+and calling AE titles bound to host addresses."""
 
 from __future__ import annotations
 
-import datetime as dt
 import ssl
+import time
 from pathlib import Path
 
 import pytest
 from conftest import NodeFactory
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from dicom_samples import ct_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(
-    folder: Path, stem: str, cn: str, ca: tuple[object, x509.Name] | None, is_ca: bool = False
-) -> tuple[object, x509.Name]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    signer_key, issuer = ca if ca else (key, _name(cn))
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-    )
-    if not is_ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-    cert = builder.sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
-    (folder / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / f"{stem}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return key, _name(cn)
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    ca = _issue(tmp_path, "ca", "Test CA", None, is_ca=True)
-    _issue(tmp_path, "node", "localhost", ca)
-    _issue(tmp_path, "client", "CT01", ca)
-    _issue(tmp_path, "rogue", "rogue", None)
-    return tmp_path
 
 
 def _client_context(pki: Path, cert: str | None) -> ssl.SSLContext:
@@ -69,15 +21,24 @@ def _client_context(pki: Path, cert: str | None) -> ssl.SSLContext:
     return context
 
 
-def _store(port: int, context: ssl.SSLContext | None) -> int | None:
-    ae = AE(ae_title="CT01")
+def _store(
+    port: int,
+    context: ssl.SSLContext | None,
+    *,
+    calling: str = "CT01",
+    source: str = "127.0.0.1",
+    index: int = 0,
+) -> int | None:
+    ae = AE(ae_title=calling)
     ae.acse_timeout = ae.network_timeout = 10
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     tls = (context, "localhost") if context else None
-    assoc = ae.associate("127.0.0.1", port, ae_title="SCANET", tls_args=tls)
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title="SCANET", tls_args=tls, bind_address=(source, 0)
+    )
     if not assoc.is_established:
         return None
-    status = assoc.send_c_store(ct_dataset())
+    status = assoc.send_c_store(ct_dataset(index=index))
     assoc.release()
     return int(status.Status)
 
@@ -103,3 +64,35 @@ def test_tls_without_client_certificates(node_factory: NodeFactory, pki: Path) -
         security={"tls_cert": str(pki / "node.crt"), "tls_key": str(pki / "node.key")}
     )
     assert _store(node.listener.address[1], _client_context(pki, None)) == 0x0000
+
+
+def test_calling_ae_title_bound_to_its_hosts(
+    node_factory: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Linux routes all of 127.0.0.0/8 to loopback: 127.0.0.2 is "another machine" here.
+    node = node_factory(security={"ae_hosts": {"CT01": ["127.0.0.2"], "PACS": ["localhost"]}})
+    port = node.listener.address[1]
+    assert _store(port, None, calling="CT01", source="127.0.0.2", index=1) == 0x0000
+    with caplog.at_level("WARNING", logger="scanet_node.ingest.handlers"):
+        assert _store(port, None, calling="CT01", source="127.0.0.1", index=2) is None
+    assert "calling AE title CT01 is not allowed from this address" in caplog.text
+    assert _store(port, None, calling="PACS", source="127.0.0.1", index=3) == 0x0000
+    assert _store(port, None, calling="PACS", source="127.0.0.2", index=4) is None
+    # A calling AE title that is not bound gets in from anywhere (allowed_calling_aets is empty).
+    assert _store(port, None, calling="CT02", source="127.0.0.2", index=5) == 0x0000
+    assert node.catalog.count_instances() == 3
+    deadline = time.monotonic() + 5  # the last association's thread ends just after release
+    while node.listener.active_associations() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node.listener.active_associations() == 0  # no rejected association lingers
+
+
+def test_unresolvable_bound_host_stops_the_start(tmp_path: Path) -> None:
+    from conftest import make_settings
+
+    from scanet_node.errors import ListenerError
+    from scanet_node.service import Node
+
+    settings = make_settings(tmp_path, security={"ae_hosts": {"CT01": ["no-such-host.invalid"]}})
+    with pytest.raises(ListenerError, match=r"\[security.ae_hosts\] CT01: cannot resolve"):
+        Node(settings)
