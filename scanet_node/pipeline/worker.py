@@ -107,15 +107,18 @@ class Worker:
         self.catalog.close()
 
     def run_once(self) -> bool:
-        """Run one due job or one due delivery; False when there was nothing to do."""
-        lease = self.settings.pipeline.job_lease_seconds
-        job = self.queue.claim_job(self.owner, lease)
-        if job is not None:
-            self.run_job(job)
-            return True
+        """Run one due delivery, else one due job; False when there was nothing to do.
+
+        Deliveries go first: sending takes a second where an analysis takes tens, so results
+        that are ready reach the PACS without waiting for the whole backlog of analyses.
+        """
         delivery = self.queue.claim_delivery(self.settings.delivery.timeout_seconds * 4)
         if delivery is not None:
             self.deliver(delivery)
+            return True
+        job = self.queue.claim_job(self.owner, self.settings.pipeline.job_lease_seconds)
+        if job is not None:
+            self.run_job(job)
             return True
         return False
 
