@@ -470,7 +470,7 @@ class NodeReceiver(Receiver):
         self._listening = threading.Event()
 
     def _node_env(self) -> dict[str, str]:
-        return _env(SCANET__NODE__DATA_DIR=str(self.data_dir))
+        return _env(SCANET__NODE__DATA_DIR=str(self.data_dir), SCANET__ADMIN__PORT="0")
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
