@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +22,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scanet_node.errors import ConfigError
 
 ENV_PREFIX = "SCANET__"
+
+
+def _models_dir() -> Path:
+    """The repository's ``models/`` in a source checkout (an editable install), else the copy
+    ``pip install`` puts under ``<prefix>/share/scanet-node/models`` (pyproject data-files)."""
+    checkout = Path(__file__).resolve().parents[1] / "models"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "scanet-node" / "models"
+
+
+#: Weights, model cards and the CT template that ship with the node.
+MODELS_DIR = _models_dir()
 #: The shipped demo weights (trained on the synthetic cohort; see their card), the default
 #: of ``[model] checkpoint``.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "scanet-demo.pt"
+DEFAULT_CHECKPOINT = MODELS_DIR / "scanet-demo.pt"
 DEFAULT_CONFIG_FILE = Path("config.toml")
 
 # PS3.5 6.2: AE is up to 16 characters of the default character repertoire, no

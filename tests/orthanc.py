@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,16 @@ class OrthancServer:
 
     Called AE titles are checked (``DicomCheckCalledAet``); any calling AE may store
     (``DicomAlwaysAllowStore``, also Orthanc's default). No authentication, loopback only.
+    ``extra_config`` adds or replaces settings (modalities, Lua scripts, ...); the ports,
+    folders, loopback-only access and the lack of authentication stay as above.
     """
 
-    def __init__(self, folder: Path, ae_title: str = "ORTHANC") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        ae_title: str = "ORTHANC",
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.folder = folder
         self.ae_title = ae_title
         self.host = "127.0.0.1"
@@ -71,6 +78,11 @@ class OrthancServer:
             "HttpThreadsCount": 4,
             "ConcurrentJobs": 1,
         }
+        # extra_config never changes the ports, the folders or the loopback-only access.
+        owned = ("DicomAet", "DicomPort", "HttpPort", "StorageDirectory", "IndexDirectory")
+        owned += ("RemoteAccessAllowed", "AuthenticationEnabled")
+        config = {**config, **(extra_config or {}), **{k: config[k] for k in owned}}
+        config.pop("RegisteredUsers", None)
         folder.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=2))
 
@@ -151,11 +163,13 @@ class OrthancServer:
 
 
 @contextlib.contextmanager
-def run_orthanc(tmp_path: Path, ae_title: str = "ORTHANC") -> Iterator[OrthancServer]:
+def run_orthanc(
+    tmp_path: Path, ae_title: str = "ORTHANC", extra_config: Mapping[str, Any] | None = None
+) -> Iterator[OrthancServer]:
     """A running Orthanc with its files in ``tmp_path / "orthanc"``; stopped on exit."""
     if not ORTHANC.exists():
         pytest.skip("Orthanc is not installed (apt-get install orthanc)")
-    server = OrthancServer(tmp_path / "orthanc", ae_title)
+    server = OrthancServer(tmp_path / "orthanc", ae_title, extra_config)
     server.start()
     try:
         yield server

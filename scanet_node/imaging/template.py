@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "models" / "template" / "mni152_2009a_ct.npz"
+from scanet_node.config import MODELS_DIR
+
+TEMPLATE_FILE = MODELS_DIR / "template" / "mni152_2009a_ct.npz"
 HU_BACKGROUND = -1024.0
 
 
