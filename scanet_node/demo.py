@@ -79,6 +79,8 @@ def _demo_settings(
         values["logging"]["level"] = "WARNING"  # the worker process logs at this level
     values["node"].update(host="127.0.0.1", port=0, data_dir=str(data_dir.resolve()))
     values["pipeline"]["workers"] = max(1, values["pipeline"]["workers"])
+    # A short-lived node: no admin page, so it never clashes with a running serve's port.
+    values["admin"]["enabled"] = False
     if pacs_port is not None:
         values["destinations"] = [
             {"name": "demo-pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs_port}

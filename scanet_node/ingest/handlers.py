@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_CONFLICT = 0xC222
 STATUS_PROCESSING_FAILURE = 0xC211
+#: Ended associations kept in memory for the admin page.
+RECENT_ASSOCIATIONS = 50
 
 
 def failure(status: int, reason: str) -> Dataset:
@@ -50,9 +54,25 @@ class _AssociationStats:
     calling_aet: str
     address: str
     started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=utcnow)
     stored: int = 0
     failed: int = 0
     outcome: str = "closed"
+
+
+@dataclass(frozen=True)
+class AssociationRecord:
+    """One ended or rejected association, as the admin page lists it (naive UTC start)."""
+
+    calling_aet: str
+    address: str
+    started_at: datetime
+    seconds: float
+    stored: int
+    failed: int
+    #: "released", "aborted", "closed" (connection lost) or "rejected".
+    outcome: str
+    reason: str | None = None
 
 
 class StoreService:
@@ -63,6 +83,31 @@ class StoreService:
         self.spool = spool
         self._stats: dict[Any, _AssociationStats] = {}
         self._lock = threading.Lock()
+        # In-process figures of this listener for the admin page and /metrics.
+        self._recent: deque[AssociationRecord] = deque(maxlen=RECENT_ASSOCIATIONS)
+        self._association_counts: Counter[str] = Counter()
+        self._instance_counts: Counter[tuple[str, str]] = Counter()
+        self._store_call = threading.local()
+
+    def recent_associations(self) -> list[AssociationRecord]:
+        """The last ended or rejected associations, newest first."""
+        with self._lock:
+            return list(reversed(self._recent))
+
+    def association_counts(self) -> dict[str, int]:
+        """Associations since start, by outcome (released, aborted, closed, rejected)."""
+        with self._lock:
+            return dict(self._association_counts)
+
+    def instance_counts(self) -> dict[tuple[str, str], int]:
+        """C-STOREs since start by (outcome, status): stored, duplicate or refused."""
+        with self._lock:
+            return dict(self._instance_counts)
+
+    def _remember(self, record: AssociationRecord) -> None:
+        with self._lock:
+            self._recent.append(record)
+            self._association_counts[record.outcome] += 1
 
     # -- association events ------------------------------------------------
     def handle_accepted(self, event: Any) -> None:
@@ -106,6 +151,17 @@ class StoreService:
             stats = self._stats.pop(event.assoc, None)
         if stats is None:
             return
+        self._remember(
+            AssociationRecord(
+                stats.calling_aet,
+                stats.address,
+                stats.started_at,
+                time.monotonic() - stats.started,
+                stats.stored,
+                stats.failed,
+                stats.outcome,
+            )
+        )
         logger.info(
             "association from %s (%s) %s after %.1f s: %d stored, %d failed",
             stats.calling_aet,
@@ -140,6 +196,18 @@ class StoreService:
             reason,
             extra={"calling_aet": calling},
         )
+        self._remember(
+            AssociationRecord(
+                calling,
+                f"{assoc.requestor.address}:{assoc.requestor.port}",
+                utcnow(),
+                0.0,
+                0,
+                0,
+                "rejected",
+                reason,
+            )
+        )
 
     # -- DIMSE services ----------------------------------------------------
     def handle_echo(self, event: Any) -> int:
@@ -148,12 +216,19 @@ class StoreService:
 
     def handle_store(self, event: Any) -> int | Dataset:
         """C-STORE: keep the instance durably and catalogue it, or answer why not."""
+        self._store_call.duplicate = False
         try:
             status = self._store(event)
         except Exception:
             logger.exception("unexpected failure while storing an instance")
             status = failure(STATUS_PROCESSING_FAILURE, "Processing failure in the node")
+        code = status if isinstance(status, int) else int(status.Status)
+        if code != STATUS_SUCCESS:
+            counted = ("refused", f"0x{code:04X}")
+        else:
+            counted = ("duplicate" if self._store_call.duplicate else "stored", "0x0000")
         with self._lock:
+            self._instance_counts[counted] += 1
             stats = self._stats.get(event.assoc)
             if stats is not None:
                 if status == STATUS_SUCCESS:
@@ -221,6 +296,8 @@ class StoreService:
             logger.warning("refused instance %s: %s", ident.sop_instance_uid, outcome.conflict)
             return failure(STATUS_CONFLICT, outcome.conflict)
 
+        # The same SOP Instance UID again: a resend, refreshed in place (not a new instance).
+        self._store_call.duplicate = not outcome.new_instance
         context = {
             "study_uid": ident.study_instance_uid,
             "series_uid": ident.series_instance_uid,

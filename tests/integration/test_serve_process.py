@@ -47,7 +47,12 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "SCANET__NODE__MIN_FREE_DISK_MB": "0", **(env or {})},
+            env={
+                **os.environ,
+                "SCANET__NODE__MIN_FREE_DISK_MB": "0",
+                "SCANET__ADMIN__PORT": "0",
+                **(env or {}),
+            },
         )
         assert self.proc.stdout is not None
         self.banner = [self.proc.stdout.readline() for _ in range(4)]

@@ -70,6 +70,8 @@ class Node:
                     "port = 0",
                     f'data_dir = "{self.data_dir}"',
                     "min_free_disk_mb = 0",
+                    "[admin]",
+                    "port = 0",
                     "[pipeline]",
                     *(f"{k} = {v}" for k, v in pipeline.items()),
                     "[delivery]",

@@ -1,0 +1,206 @@
+"""``/metrics``: the node's figures in the Prometheus text format.
+
+A custom collector on its own registry (never prometheus_client's global one) builds every
+family at scrape time. The listener's figures (instances received, associations) are this
+``serve`` process's counters since it started. Everything about jobs comes from the catalog,
+because workers run in other processes or on other machines; totals add the studies that
+retention has purged (``purge_audit``), so they do not go backwards when rows are deleted.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from scanet_node.catalog.overview import MetricFigures
+
+#: Upper bounds (seconds) of the turnaround histogram: last input received -> delivered.
+TURNAROUND_BUCKETS = (10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0)
+#: The media type of :func:`exposition`'s text (prometheus_client's text format).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The failure reason label is the reason's first part, at most this long.
+REASON_LABEL_CHARS = 40
+PURGED_REASON = "(purged)"
+
+
+def reason_category(reason: str) -> str:
+    """A bounded label for a failure reason: the text before its first ':', cut short.
+
+    Workers write ``"ExceptionName: message"`` or ``"no model to run: ..."``, so this keeps
+    the kind of failure and drops the details (paths, UIDs) that would make labels unbounded.
+    """
+    head = reason.split(":", 1)[0].strip()
+    return head[:REASON_LABEL_CHARS] or "unknown"
+
+
+@dataclass(frozen=True)
+class ProcessFigures:
+    """What the ``serve`` process itself knows: listener counters and the disk."""
+
+    #: C-STOREs by (outcome, status): stored / duplicate / refused.
+    instances: dict[tuple[str, str], int]
+    #: Associations by outcome: released / aborted / closed / rejected.
+    associations: dict[str, int]
+    disk_free_bytes: int
+    min_free_bytes: int
+    results_bytes: int
+
+
+class NodeCollector(Collector):
+    """Builds the metric families from two sources read at every scrape.
+
+    Parameters
+    ----------
+    process
+        Returns the serve process's own figures.
+    catalog
+        Returns the catalog's figures (one read transaction).
+    """
+
+    def __init__(
+        self,
+        process: Callable[[], ProcessFigures],
+        catalog: Callable[[], MetricFigures],
+    ) -> None:
+        self._process = process
+        self._catalog = catalog
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing to describe ahead: registering must not query the catalog."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Every family, from fresh figures."""
+        own = self._process()
+        figures = self._catalog()
+
+        instances = CounterMetricFamily(
+            "scanet_instances_received",
+            "C-STORE requests answered by this serve process since it started, by outcome "
+            "(stored, duplicate: same SOP Instance UID again, refused) and DICOM status.",
+            labels=["outcome", "status"],
+        )
+        for outcome in ("stored", "duplicate"):
+            instances.add_metric([outcome, "0x0000"], own.instances.get((outcome, "0x0000"), 0))
+        for (outcome, status), n in sorted(own.instances.items()):
+            if outcome == "refused":
+                instances.add_metric([outcome, status], n)
+        yield instances
+
+        associations = CounterMetricFamily(
+            "scanet_associations",
+            "Associations ended since this serve process started, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome in sorted({"released", "aborted", "closed", "rejected", *own.associations}):
+            associations.add_metric([outcome], own.associations.get(outcome, 0))
+        yield associations
+
+        studies = CounterMetricFamily(
+            "scanet_studies_analysed",
+            "Studies whose analysis finished, by the outcome of their newest job "
+            "(purged studies included).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(figures.studies_analysed.items()):
+            studies.add_metric([outcome], n)
+        yield studies
+
+        failures: dict[str, int] = {}
+        for reason, n in figures.job_failures.items():
+            key = reason_category(reason)
+            failures[key] = failures.get(key, 0) + n
+        if figures.purged_failures:
+            failures[PURGED_REASON] = failures.get(PURGED_REASON, 0) + figures.purged_failures
+        job_failures = CounterMetricFamily(
+            "scanet_job_failures",
+            "Jobs failed for good, by reason category (the reason's text before ':'); "
+            f"purged studies count under {PURGED_REASON!r}.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(failures.items()):
+            job_failures.add_metric([reason], n)
+        yield job_failures
+
+        yield _histogram(
+            "scanet_turnaround_seconds",
+            "Last input instance received -> results acknowledged by every destination "
+            "(or job finished, without destinations), jobs in the catalog.",
+            figures.turnarounds,
+            TURNAROUND_BUCKETS,
+        )
+
+        depth = GaugeMetricFamily(
+            "scanet_queue_depth",
+            "Jobs queued and deliveries pending.",
+            labels=["queue"],
+        )
+        depth.add_metric(["jobs"], figures.queued_jobs)
+        depth.add_metric(["deliveries"], figures.pending_deliveries)
+        yield depth
+
+        jobs = GaugeMetricFamily("scanet_jobs", "Jobs in the catalog by status.", labels=["status"])
+        for status, n in sorted(figures.jobs.items()):
+            jobs.add_metric([status], n)
+        yield jobs
+
+        deliveries = GaugeMetricFamily(
+            "scanet_deliveries", "Deliveries in the catalog by status.", labels=["status"]
+        )
+        for status in sorted({"pending", "sent", "failed", *figures.deliveries}):
+            deliveries.add_metric([status], figures.deliveries.get(status, 0))
+        yield deliveries
+
+        yield GaugeMetricFamily(
+            "scanet_disk_free_bytes",
+            "Free space on the spool's file system.",
+            value=own.disk_free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "scanet_disk_min_free_bytes",
+            "[node] min_free_disk_mb: below this free space new instances are refused.",
+            value=own.min_free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "scanet_spool_bytes",
+            "Bytes of the instances filed in the spool.",
+            value=figures.spool_bytes,
+        )
+        yield GaugeMetricFamily(
+            "scanet_results_bytes",
+            "Bytes of the results folder (SR, images, PNGs of every job).",
+            value=own.results_bytes,
+        )
+
+
+def _histogram(
+    name: str, documentation: str, values: list[float], bounds: tuple[float, ...]
+) -> HistogramMetricFamily:
+    ordered = sorted(values)
+    buckets: list[tuple[str, float]] = [
+        (str(float(b)), float(bisect.bisect_right(ordered, b))) for b in bounds
+    ]
+    buckets.append(("+Inf", float(len(ordered))))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=sum(ordered))
+
+
+def build_registry(collector: NodeCollector) -> CollectorRegistry:
+    """A registry holding just ``collector``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format (media type :data:`CONTENT_TYPE`)."""
+    return generate_latest(registry)
