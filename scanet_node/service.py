@@ -12,7 +12,7 @@ import multiprocessing
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanet_node.catalog import Catalog
 from scanet_node.config import DEFAULT_CHECKPOINT, Settings
@@ -21,6 +21,9 @@ from scanet_node.ingest.handlers import StoreService
 from scanet_node.ingest.server import Listener
 from scanet_node.ingest.spool import Spool
 from scanet_node.pipeline.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from scanet_node.admin import AdminServer
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,12 @@ class Node:
             spool_root=self.spool.root,
             rules=rules_from_settings(settings.imaging),
             pairing_window_seconds=settings.pipeline.pairing_window_seconds,
+            retention=settings.retention,
+            results_root=settings.results_dir,
         )
         self.workers: list[Any] = []
+        #: The admin web page (``[admin]``), running while the node runs.
+        self.admin: AdminServer | None = None
         self._supervise_stop = threading.Event()
         self._supervisor: threading.Thread | None = None
 
@@ -55,6 +62,17 @@ class Node:
         except Exception:
             self.catalog.close()
             raise
+        if self.settings.admin.enabled:
+            from scanet_node.admin import AdminServer
+
+            admin = AdminServer(self)
+            try:
+                admin.start()
+            except Exception:
+                self.listener.stop(0)
+                self.catalog.close()
+                raise
+            self.admin = admin
         self.scheduler.start()
         for n in range(self.settings.pipeline.workers):
             self.workers.append(self._start_worker(n))
@@ -92,6 +110,8 @@ class Node:
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop accepting, let open associations finish, stop the scheduler and the workers."""
+        if self.admin is not None:
+            self.admin.stop()
         self.listener.stop(grace_seconds)
         self.scheduler.stop()
         self._supervise_stop.set()
@@ -142,6 +162,8 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
             f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in settings.destinations
         )
         print(f"  results to: {targets or 'no destination configured'}", flush=True)
+        admin = node.admin.url if node.admin is not None else "off ([admin] enabled = false)"
+        print(f"  admin page: {admin}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

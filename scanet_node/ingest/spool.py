@@ -99,6 +99,30 @@ class Spool:
                     _fsync_dir(parent)
                 self._ready_dirs.add(current)
 
+    def _forget_dirs(self, folder: Path) -> None:
+        """Forget ``folder`` and its parents below the root: they are made again when needed."""
+        with self._dirs_lock:
+            while folder != self.root and self.root in folder.parents:
+                self._ready_dirs.discard(folder)
+                folder = folder.parent
+
+    def _place(self, tmp: Path, target: Path) -> None:
+        """Rename the written file into place, its folders made (again) where needed.
+
+        Retention removes a purged study's emptied folders behind our back (pipeline/
+        retention.py); a rename that finds its folder gone makes it again and retries.
+        """
+        for attempt in range(3):
+            try:
+                self._ensure_dir(target.parent)
+                os.replace(tmp, target)
+                break
+            except FileNotFoundError:
+                if attempt == 2 or not tmp.exists():
+                    raise
+                self._forget_dirs(target.parent)
+        _fsync_dir(target.parent)
+
     def write(self, relative: str, *parts: bytes) -> int:
         """Write ``parts``, one after the other, durably at ``relative``; return the size.
 
@@ -125,14 +149,11 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._ensure_dir(target.parent)
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            self._place(tmp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            # A folder removed behind our back must be made again next time.
-            self._ready_dirs.discard(target.parent)
+            self._forget_dirs(target.parent)
             name = errno.errorcode.get(exc.errno or 0, "error")
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 reason = f"Out of resources: spool disk full ({name})"

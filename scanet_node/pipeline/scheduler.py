@@ -4,19 +4,28 @@ Every tick (``min(1 s, settle/4)``) it marks quiet series settled, decides the r
 newly settled series (imaging/classify.py: the header, the pixels only when the tags are
 silent) and lets the trigger (pipeline/trigger.py) queue the jobs that the patient's series
 now call for. A job queued here is picked up by a worker (pipeline/worker.py).
+
+With ``[retention]`` given, it also purges old studies (pipeline/retention.py) every
+``sweep_seconds``, and once shortly after start.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from scanet_node.catalog import Catalog, SettledSeries, utcnow
 from scanet_node.catalog.jobs import JobInfo, JobQueue
+from scanet_node.config import RetentionSettings
 from scanet_node.imaging.classify import ClassificationRules
+from scanet_node.pipeline.retention import run_retention
 from scanet_node.pipeline.trigger import plan_jobs
+
+#: The first retention sweep runs this long after start (or after ``sweep_seconds``, if less).
+RETENTION_FIRST_DELAY_SECONDS = 5.0
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +114,9 @@ class Scheduler:
         How often the sweep runs.
     spool_root, rules, pairing_window_seconds
         For the trigger; without ``spool_root`` the scheduler only settles series.
+    retention, results_root
+        ``[retention]`` and the results folder; with both (and ``spool_root``) old studies
+        are purged.
     """
 
     def __init__(
@@ -116,6 +128,8 @@ class Scheduler:
         spool_root: Path | None = None,
         rules: ClassificationRules | None = None,
         pairing_window_seconds: float = 3600.0,
+        retention: RetentionSettings | None = None,
+        results_root: Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.settle_seconds = settle_seconds
@@ -124,18 +138,42 @@ class Scheduler:
         self.rules = rules or ClassificationRules()
         self.pairing_window_seconds = pairing_window_seconds
         self.queue = JobQueue(catalog)
+        self.retention = retention
+        self.results_root = results_root
+        # Held by a sweep, and by the purge of each group: no job is queued for a study
+        # while its files are being deleted.
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._scheduler: Any = None
 
     def sweep(self) -> None:
         """One tick: settle, classify, trigger. Errors are logged; the next tick retries."""
         try:
-            sweep_settled(self.catalog, self.settle_seconds)
-            if self.spool_root is not None:
-                classify_settled(self.queue, self.spool_root, self.rules)
-                trigger(self.queue, self.pairing_window_seconds)
+            with self._lock:
+                sweep_settled(self.catalog, self.settle_seconds)
+                if self.spool_root is not None:
+                    classify_settled(self.queue, self.spool_root, self.rules)
+                    trigger(self.queue, self.pairing_window_seconds)
         except Exception:
             # A failed sweep is retried at the next tick; it never stops the node.
             logger.exception("scheduler sweep failed")
+
+    def retention_sweep(self) -> None:
+        """Purge the studies retention says to (pipeline/retention.py); errors are logged."""
+        if self.retention is None or self.spool_root is None or self.results_root is None:
+            return
+        try:
+            run_retention(
+                self.catalog,
+                self.retention,
+                self.spool_root,
+                self.results_root,
+                guard=self._lock,
+                stop=self._stopping,
+            )
+        except Exception:
+            # Retried at the next retention sweep; the listener and other sweeps go on.
+            logger.exception("retention sweep failed")
 
     def start(self) -> None:
         """Start the background scheduler."""
@@ -151,11 +189,24 @@ class Scheduler:
             max_instances=1,
             coalesce=True,
         )
+        if self.retention is not None:
+            first = min(RETENTION_FIRST_DELAY_SECONDS, self.retention.sweep_seconds)
+            scheduler.add_job(
+                self.retention_sweep,
+                "interval",
+                seconds=self.retention.sweep_seconds,
+                id="retention-sweep",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC) + timedelta(seconds=first),
+            )
         scheduler.start()
         self._scheduler = scheduler
 
     def stop(self) -> None:
         """Stop, waiting for a sweep in progress to finish."""
+        self._stopping.set()  # a retention sweep in progress ends after its current study
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        self._stopping.clear()
