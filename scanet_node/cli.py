@@ -27,6 +27,8 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # highdicom logs each attribute it copies at INFO.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Alembic lists its autogenerate plugins at INFO on every migration.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -135,6 +137,20 @@ def _cmd_study(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_study_lines(study)))
     return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from scanet_node.catalog.schema import current_catalog, upgrade_catalog
+
+    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    settings = _load(args, {"node": node})
+    if args.action == "upgrade":
+        _configure_logging(settings.logging.level)
+        print(upgrade_catalog(settings.catalog_url))
+        return 0
+    text, is_head = current_catalog(settings.catalog_url)
+    print(text)
+    return 0 if is_head else 1
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -247,6 +263,63 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
         f"job {job.id} queued for study {args.uid}"
         + (f" (amends job {job.supersedes_id})" if job.supersedes_id else "")
     )
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from scanet_node.catalog import Catalog
+    from scanet_node.pipeline.retention import run_retention
+
+    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    settings = _load(args, {"node": node})
+    _configure_logging("WARNING")
+    catalog = Catalog(settings.catalog_url, create=False)
+    try:
+        report = run_retention(
+            catalog,
+            settings.retention,
+            settings.node.spool_dir,
+            settings.results_dir,
+            dry_run=args.dry_run,
+        )
+    finally:
+        catalog.close()
+    verb = "would purge" if args.dry_run else "purged"
+    for p in report.purged:
+        print(
+            f"{verb} study {p.study_instance_uid} ({p.rule}): "
+            f"{p.files} files, {p.bytes_freed} bytes"
+        )
+    for h in report.held:
+        print(f"kept study {', '.join(h.study_instance_uids)}: {h.reason}")
+    print(
+        f"{verb} {len(report.purged)} studies, {report.bytes_freed} bytes"
+        + (f"; {report.skipped} changed meanwhile, left for later" if report.skipped else "")
+    )
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from scanet_node.catalog.retention import RetentionStore
+
+    catalog = _open_catalog(args)
+    try:
+        audits = RetentionStore(catalog).audits(limit=args.limit)
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json([dataclasses.asdict(a) for a in audits])
+    elif not audits:
+        print("no purged studies")
+    else:
+        for a in audits:
+            print(
+                f"{a.id:5} {_json_default(a.purged_at)} {a.rule:9} received "
+                f"{_json_default(a.first_received_at)}..{_json_default(a.last_received_at)} "
+                f"{a.num_series} series {a.num_instances} instances {a.bytes_freed} bytes; "
+                f"{a.jobs} jobs ({a.outcome or '-'}), deliveries {a.deliveries_sent} sent "
+                f"{a.deliveries_failed} not sent"
+            )
     return 0
 
 
@@ -501,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--data-dir", help="override [node] data_dir")
     study.set_defaults(func=_cmd_study)
 
+    db = sub.add_parser("db", help="the catalog's schema: show its revision, or upgrade it")
+    db.add_argument(
+        "action",
+        choices=("current", "upgrade"),
+        help="current: print the revision (exit 1 unless head); upgrade: migrate to head",
+    )
+    db.add_argument("--data-dir", help="override [node] data_dir")
+    db.set_defaults(func=_cmd_db)
+
     worker = sub.add_parser("worker", help="run one analysis worker (scale-out; serve runs one)")
     worker.add_argument("--data-dir", help="override [node] data_dir")
     worker.set_defaults(func=_cmd_worker)
@@ -528,6 +610,19 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("uid", help="Study Instance UID")
     reprocess.add_argument("--data-dir", help="override [node] data_dir")
     reprocess.set_defaults(func=_cmd_reprocess)
+
+    purge = sub.add_parser(
+        "purge", help="purge the studies [retention] says to, now (a de-identified audit row stays)"
+    )
+    purge.add_argument("--dry-run", action="store_true", help="only print what would be purged")
+    purge.add_argument("--data-dir", help="override [node] data_dir")
+    purge.set_defaults(func=_cmd_purge)
+
+    audit = sub.add_parser("audit", help="list purged studies (de-identified), newest first")
+    audit.add_argument("--limit", type=int, default=None, help="at most this many")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.add_argument("--data-dir", help="override [node] data_dir")
+    audit.set_defaults(func=_cmd_audit)
 
     demo = sub.add_parser(
         "demo",

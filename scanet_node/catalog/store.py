@@ -22,7 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from scanet_node.catalog.models import Base, Instance, Series, SeriesState, Study
+from scanet_node.catalog.models import Instance, Series, SeriesState, Study
+from scanet_node.catalog.schema import require_head, upgrade_schema
 from scanet_node.errors import CatalogError
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA secure_delete=ON")  # purged rows are zeroed, not just unlinked
     cursor.close()
 
 
@@ -138,21 +140,6 @@ def _sqlite_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN")
     else:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _missing_columns(engine: Engine) -> list[str]:
-    """Columns this code needs that the database's existing tables lack."""
-    from sqlalchemy import inspect
-
-    inspector = inspect(engine)
-    present = set(inspector.get_table_names())
-    missing = []
-    for table in Base.metadata.sorted_tables:
-        if table.name not in present:
-            continue
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
-    return missing
 
 
 def create_catalog_engine(url: str) -> Engine:
@@ -184,7 +171,9 @@ class Catalog:
     url
         A SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
     create
-        Create missing tables (the default; the node owns its schema).
+        Bring the schema to the head revision (the default: the node owns its schema; see
+        catalog/schema.py). False migrates nothing and refuses a catalog that is not at head
+        (the read-only commands).
     """
 
     def __init__(self, url: str, *, create: bool = True) -> None:
@@ -202,16 +191,11 @@ class Catalog:
         try:
             self.engine = create_catalog_engine(url)
             if create:
-                Base.metadata.create_all(self.engine)
-            missing = _missing_columns(self.engine)
+                upgrade_schema(self.engine, self.display_url)
+            else:
+                require_head(self.engine, self.display_url)
         except (SQLAlchemyError, OSError) as exc:
             raise CatalogError(f"cannot open catalog {self.display_url}: {exc}") from exc
-        if missing:
-            raise CatalogError(
-                f"the catalog {self.display_url} was made by an earlier scanet-node (missing "
-                f"{', '.join(missing)}); schema migrations are not available yet: use a new "
-                "[node] data_dir or [catalog] url"
-            )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._dialect = self.engine.dialect.name
         self._prepare_statements()

@@ -193,14 +193,25 @@ def test_same_instance_from_two_writers_at_once(catalog_url: str) -> None:
         c.close()
 
 
-def test_a_catalog_of_an_earlier_schema_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_a_catalog_of_an_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """More cases, on PostgreSQL too, in test_catalog_migrations.py."""
     import sqlite3
 
-    from scanet_node.errors import CatalogError
+    from scanet_node.catalog.schema import HEAD_REVISION
 
     url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    Catalog(url).close()
+    study = generate_uid()
+    catalog = Catalog(url)
+    catalog.record_instance(record(study, generate_uid()))
+    catalog.close()
+    # What issue 6's scanet-node made: no purge_audit, no alembic_version.
     with sqlite3.connect(tmp_path / "catalog.sqlite") as con:
-        con.execute("ALTER TABLE series DROP COLUMN role_reason")
-    with pytest.raises(CatalogError, match=r"earlier scanet-node \(missing series.role_reason\)"):
-        Catalog(url)
+        con.execute("DROP TABLE purge_audit")
+        con.execute("DROP TABLE alembic_version")
+    catalog = Catalog(url)
+    assert [s.study_instance_uid for s in catalog.list_studies()] == [study]
+    with catalog.engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        assert version == HEAD_REVISION
+        assert conn.exec_driver_sql("SELECT count(*) FROM purge_audit").scalar() == 0
+    catalog.close()

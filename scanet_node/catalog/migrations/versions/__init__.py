@@ -1,0 +1,1 @@
+"""The revisions of the catalog schema, oldest first (``NNNN_<what>.py``)."""
