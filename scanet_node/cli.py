@@ -722,6 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--checkpoint", type=Path, help="default: the shipped demo weights")
     pred.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pred.set_defaults(func=_cmd_predict)
+    # `scanet-node serve --config FILE` as well as `scanet-node --config FILE serve`; SUPPRESS
+    # keeps a subcommand without it from overwriting the global option.
+    for command in sub.choices.values():
+        command.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file"
+        )
     return parser
 
 

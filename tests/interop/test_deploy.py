@@ -186,7 +186,7 @@ def test_the_dockerfile_builds_the_image_the_deploy_files_expect() -> None:
     probe = json.loads(healthcheck.split(" CMD ", 1)[1])
     assert f"http://127.0.0.1:{settings['admin']['port']}/healthz" in probe[-1]
     assert instructions(final, "STOPSIGNAL") == ["SIGTERM"]
-    assert image_command() == ["scanet-node", "--config", CONFIG_IN_IMAGE, "serve"]
+    assert image_command() == ["scanet-node", "serve", "--config", CONFIG_IN_IMAGE]
 
 
 def test_the_build_context_holds_everything_the_dockerfile_copies() -> None:
@@ -342,7 +342,7 @@ def test_the_compose_file_validates_and_runs_the_images_command(tmp_path: Path) 
     assert node["healthcheck"]["test"] == ["CMD", *json.loads(healthcheck.split(" CMD ", 1)[1])]
 
     worker = svc["worker"]
-    assert worker["command"] == [*image_command()[:-1], "worker"]
+    assert worker["command"] == ["scanet-node", "worker", *image_command()[2:]]
     assert worker["volumes"] == node["volumes"], "serve and the workers share the spool"
     assert worker["deploy"]["replicas"] >= 2
     assert worker["depends_on"]["postgres"] == {"condition": "service_healthy"}
