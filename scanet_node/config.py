@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from scanet_node.errors import ConfigError
 
@@ -306,17 +314,17 @@ class AdminSettings(_Section):
     port: int = Field(default=8104, ge=0, le=65535)
     #: Asked for as ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN`` in a browser) on
     #: every page but ``/healthz``; required when ``host`` is not a loopback address.
-    token: str = ""
+    token: str = Field(default="", validate_default=True)
 
-    @model_validator(mode="after")
-    def _token_off_loopback(self) -> AdminSettings:
-        if self.enabled and not _is_loopback(self.host) and not self.token:
-            raise ValueError(
-                f"token is required when host is not a loopback address (host = {self.host!r})"
-            )
-        if self.token and len(self.token) < 16:
-            raise ValueError("token must be at least 16 characters")
-        return self
+    @field_validator("token")
+    @classmethod
+    def _token_off_loopback(cls, value: str, info: ValidationInfo) -> str:
+        host = str(info.data.get("host", "127.0.0.1"))
+        if info.data.get("enabled", True) and not _is_loopback(host) and not value:
+            raise ValueError(f"required when host is not a loopback address (host = {host!r})")
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
 
 
 class RetentionSettings(_Section):
@@ -431,13 +439,21 @@ def _key_name(loc: tuple[int | str, ...]) -> str:
     return f"[{loc[0]}] " + ".".join(str(p) for p in loc[1:])
 
 
+#: Keys whose values an error message never repeats.
+_SECRET_KEYS = {"token"}
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for item in error.errors():
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in item and not isinstance(item["input"], dict | list):
+        elif (
+            "input" in item
+            and not isinstance(item["input"], dict | list)
+            and item["loc"][-1] not in _SECRET_KEYS
+        ):
             msg += f" (got {item['input']!r})"
         lines.append(f"  {_key_name(tuple(item['loc']))}: {msg}")
     return "\n".join(lines)
