@@ -22,6 +22,7 @@ the administrator to run ``scanet-node db upgrade``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,6 +194,32 @@ def upgrade_schema(engine: Engine, url: str) -> tuple[SchemaState, SchemaState]:
     CatalogError
         An unknown revision, tables that match no scanet-node schema, or a hand-altered one.
     """
+    with _sqlite_file_lock(engine):
+        return _upgrade(engine, url)
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, hold an exclusive ``flock`` of it while a process opens and upgrades it.
+
+    Several processes creating one catalog at once would otherwise race on its first
+    connection: switching a new database to WAL (store.py) needs SQLite's exclusive lock and
+    answers "database is locked" at once, without waiting, while another process migrates.
+    ``flock`` is independent of SQLite's own (fcntl) locks on Linux.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    with open(str(database), "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _upgrade(engine: Engine, url: str) -> tuple[SchemaState, SchemaState]:
     before, gaps = _read(engine)
     if before.is_head:
         _refuse_gaps(gaps, url)
