@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, NoResultFound, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from scanet_node.catalog.models import Instance, Series, SeriesState, Study
@@ -120,6 +120,10 @@ class SettledSeries:
 
 class _Conflict(Exception):
     """Rolls back a record_instance transaction that would refile an instance."""
+
+
+class _Vanished(Exception):
+    """Rolls back a record_instance transaction whose rows a retention purge just deleted."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -240,9 +244,11 @@ class Catalog:
         try:
             try:
                 return self._record_instance(rec)
-            except IntegrityError:
+            except (IntegrityError, NoResultFound, _Vanished):
                 # Two associations filed the same new instance at once (PostgreSQL,
-                # READ COMMITTED): the second sees the first's row when it tries again.
+                # READ COMMITTED): the second sees the first's row when it tries again. Or a
+                # retention purge deleted the study's rows meanwhile: filed again, it is a
+                # new study.
                 return self._record_instance(rec)
         except _Conflict as exc:
             return RecordOutcome(False, False, False, False, conflict=str(exc))
@@ -380,10 +386,17 @@ class Catalog:
             if existing is None:
                 conn.execute(self._st_insert_instance, params)
             else:
-                conn.execute(self._st_update_instance, {**params, "p_instance_id": existing.id})
+                refreshed = conn.execute(
+                    self._st_update_instance, {**params, "p_instance_id": existing.id}
+                )
+                if refreshed.rowcount != 1:
+                    raise _Vanished
             params["p_added"] = int(existing is None)
-            conn.execute(self._st_touch_series, params)
-            conn.execute(self._st_touch_study, params)
+            for touch in (self._st_touch_series, self._st_touch_study):
+                # On PostgreSQL a purge may delete rows read above before these run: the
+                # instance must not be acknowledged with no row to show for it.
+                if conn.execute(touch, params).rowcount != 1:
+                    raise _Vanished
         reopened = series_state == SeriesState.SETTLED
         return RecordOutcome(existing is None, new_study, new_series, reopened)
 

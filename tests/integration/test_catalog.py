@@ -215,3 +215,34 @@ def test_a_catalog_of_an_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> 
         assert version == HEAD_REVISION
         assert conn.exec_driver_sql("SELECT count(*) FROM purge_audit").scalar() == 0
     catalog.close()
+
+
+def test_an_instance_filed_while_a_purge_deletes_its_study_is_kept(postgres_url: str) -> None:
+    """PostgreSQL, READ COMMITTED: a purge that commits between record_instance's reads and its
+    updates must not leave an acknowledged instance without a row: it is filed anew."""
+    from sqlalchemy import event
+
+    from scanet_node.catalog.retention import RetentionStore, StudyToPurge
+
+    catalog = Catalog(postgres_url)
+    try:
+        study, series, sop = generate_uid(), generate_uid(), generate_uid()
+        catalog.record_instance(record(study, series, sop))
+        (summary,) = catalog.list_studies()
+        purged: list[bool] = []
+
+        def purge_first(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            if statement.startswith("UPDATE instance") and not purged:
+                purged.append(True)
+                old = StudyToPurge(study, summary.last_received_at, 0)
+                assert RetentionStore(catalog).purge([old], "age", utcnow()) is not None
+
+        event.listen(catalog.engine, "before_cursor_execute", purge_first)
+        outcome = catalog.record_instance(record(study, series, sop))  # the same instance again
+        event.remove(catalog.engine, "before_cursor_execute", purge_first)
+        assert purged and outcome.conflict is None
+        assert catalog.count_instances() == 1
+        (again,) = catalog.list_studies()
+        assert again.study_instance_uid == study and outcome.new_study
+    finally:
+        catalog.close()
