@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,23 +201,25 @@ def upgrade_schema(engine: Engine, url: str) -> tuple[SchemaState, SchemaState]:
 
 @contextmanager
 def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
-    """On a SQLite file, hold an exclusive ``flock`` of it while a process opens and upgrades it.
+    """On a SQLite file, let one process at a time open and upgrade it: an exclusive ``flock``
+    of the folder that holds it.
 
     Several processes creating one catalog at once would otherwise race on its first
     connection: switching a new database to WAL (store.py) needs SQLite's exclusive lock and
-    answers "database is locked" at once, without waiting, while another process migrates.
-    ``flock`` is independent of SQLite's own (fcntl) locks on Linux.
+    can answer "database is locked" at once, without waiting, while another process migrates.
+    The folder, not the database file: closing any descriptor of the database file would drop
+    every POSIX lock SQLite holds on it in this process (fcntl semantics).
     """
     database = engine.url.database
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
         yield
         return
-    with open(str(database), "ab") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    fd = os.open(Path(str(database)).resolve().parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _upgrade(engine: Engine, url: str) -> tuple[SchemaState, SchemaState]:
