@@ -149,6 +149,8 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
         print(f"  catalog: {node.catalog.display_url}", flush=True)
         print(f"  spool:   {node.spool.root}", flush=True)
         print(f"  allowed calling AE titles: {allowed}", flush=True)
+        for aet, hosts in settings.security.ae_hosts.items():
+            print(f"  {aet} only from: {', '.join(hosts)}", flush=True)
         workers = settings.pipeline.workers
         checkpoint = settings.model.checkpoint or DEFAULT_CHECKPOINT
         model = (
@@ -159,7 +161,8 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
         )
         print(f"  analysis: {workers} worker process(es), model {model}", flush=True)
         targets = ", ".join(
-            f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in settings.destinations
+            f"{d.name} ({d.ae_title}@{d.host}:{d.port}{', TLS' if d.tls else ''})"
+            for d in settings.destinations
         )
         print(f"  results to: {targets or 'no destination configured'}", flush=True)
         admin = node.admin.url if node.admin is not None else "off ([admin] enabled = false)"
