@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from types import FrameType
@@ -88,7 +89,7 @@ class Node:
 
         process = multiprocessing.get_context("spawn").Process(
             target=worker_process_main,
-            args=(self.settings, self.settings.logging.level),
+            args=(self.settings, self.settings.logging.level, os.getpid()),
             name=f"scanet-worker-{n}",
             daemon=False,
         )
@@ -140,36 +141,39 @@ def serve(settings: Settings, *, announce: bool = True) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     host, port = node.start()
-    if announce:
-        tls = " (TLS)" if settings.security.tls_enabled else ""
-        allowed = ", ".join(settings.security.allowed_calling_aets) or "any"
-        print(
-            f"scanet-node listening as {settings.node.ae_title} on {host}:{port}{tls}", flush=True
-        )
-        print(f"  catalog: {node.catalog.display_url}", flush=True)
-        print(f"  spool:   {node.spool.root}", flush=True)
-        print(f"  allowed calling AE titles: {allowed}", flush=True)
-        for aet, hosts in settings.security.ae_hosts.items():
-            print(f"  {aet} only from: {', '.join(hosts)}", flush=True)
-        workers = settings.pipeline.workers
-        checkpoint = settings.model.checkpoint or DEFAULT_CHECKPOINT
-        model = (
-            str(checkpoint)
-            if checkpoint.is_file()
-            else "NONE: no demo weights are shipped; set [model] checkpoint "
-            "(analyses fail until then)"
-        )
-        print(f"  analysis: {workers} worker process(es), model {model}", flush=True)
-        targets = ", ".join(
-            f"{d.name} ({d.ae_title}@{d.host}:{d.port}{', TLS' if d.tls else ''})"
-            for d in settings.destinations
-        )
-        print(f"  results to: {targets or 'no destination configured'}", flush=True)
-        admin = node.admin.url if node.admin is not None else "off ([admin] enabled = false)"
-        print(f"  admin page: {admin}", flush=True)
     try:
+        if announce:
+            _announce(node, host, port)
         while not stop.wait(0.5):
             pass
     finally:
         node.stop()
         logger.info("stopped")
+
+
+def _announce(node: Node, host: str, port: int) -> None:
+    """Print where the node listens and what it runs (serve's banner)."""
+    settings = node.settings
+    tls = " (TLS)" if settings.security.tls_enabled else ""
+    allowed = ", ".join(settings.security.allowed_calling_aets) or "any"
+    print(f"scanet-node listening as {settings.node.ae_title} on {host}:{port}{tls}", flush=True)
+    print(f"  catalog: {node.catalog.display_url}", flush=True)
+    print(f"  spool:   {node.spool.root}", flush=True)
+    print(f"  allowed calling AE titles: {allowed}", flush=True)
+    for aet, hosts in settings.security.ae_hosts.items():
+        print(f"  {aet} only from: {', '.join(hosts)}", flush=True)
+    workers = settings.pipeline.workers
+    checkpoint = settings.model.checkpoint or DEFAULT_CHECKPOINT
+    model = (
+        str(checkpoint)
+        if checkpoint.is_file()
+        else "NONE: no demo weights are shipped; set [model] checkpoint (analyses fail until then)"
+    )
+    print(f"  analysis: {workers} worker process(es), model {model}", flush=True)
+    targets = ", ".join(
+        f"{d.name} ({d.ae_title}@{d.host}:{d.port}{', TLS' if d.tls else ''})"
+        for d in settings.destinations
+    )
+    print(f"  results to: {targets or 'no destination configured'}", flush=True)
+    admin = node.admin.url if node.admin is not None else "off ([admin] enabled = false)"
+    print(f"  admin page: {admin}", flush=True)

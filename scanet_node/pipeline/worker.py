@@ -307,8 +307,18 @@ class Worker:
         return updated
 
 
-def run_worker(settings: Settings, stop: Any = None) -> None:
-    """The body of a worker process: work until SIGTERM/SIGINT (or ``stop`` is set)."""
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    """Set ``stop`` once the process that started this one is gone (its pid is no longer our
+    parent's): a worker of a ``serve`` that was killed must not work on, orphaned."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            logger.warning("serve (pid %d) is gone; this worker stops", parent_pid)
+            stop.set()
+
+
+def run_worker(settings: Settings, stop: Any = None, *, parent_pid: int | None = None) -> None:
+    """The body of a worker process: work until SIGTERM/SIGINT (or ``stop`` is set), or, with
+    ``parent_pid``, until that parent process has ended."""
     event = stop if stop is not None else threading.Event()
     if stop is None:
 
@@ -318,6 +328,10 @@ def run_worker(settings: Settings, stop: Any = None) -> None:
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+    if parent_pid is not None:
+        threading.Thread(
+            target=_watch_parent, args=(parent_pid, event), name="parent-watch", daemon=True
+        ).start()
     worker = Worker(settings)
     try:
         worker.run(event)
@@ -325,9 +339,10 @@ def run_worker(settings: Settings, stop: Any = None) -> None:
         worker.close()
 
 
-def worker_process_main(settings: Settings, log_level: str) -> None:
-    """Entry point of the worker process ``serve`` starts (multiprocessing, spawn)."""
+def worker_process_main(settings: Settings, log_level: str, serve_pid: int) -> None:
+    """Entry point of the worker process ``serve`` (pid ``serve_pid``) starts (multiprocessing,
+    spawn); it stops when serve is gone."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("highdicom").setLevel(logging.WARNING)
-    run_worker(settings)
+    run_worker(settings, parent_pid=serve_pid)

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +213,74 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
         check=True,
     )
     assert probe.stdout.strip() == "[]"
+
+
+def _processes_with(marker: str) -> list[int]:
+    """The pids of processes whose environment holds ``marker`` (children inherit it)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("SCANET_TEST_MARKER") == marker:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_serve_stops_whole_when_its_banner_cannot_be_written(tmp_path: Path) -> None:
+    """`scanet-node serve | head -1` where head has gone: the banner's write fails after the
+    node has started; serve must stop its listener and its worker and exit, leaving nothing."""
+    marker = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "SCANET__ADMIN__PORT": "0",
+        "SCANET__NODE__MIN_FREE_DISK_MB": "0",
+        "SCANET__PIPELINE__WORKERS": "1",
+        "SCANET_TEST_MARKER": marker,
+    }
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first line of the banner raises BrokenPipeError
+    with (tmp_path / "stderr.log").open("w") as err:
+        try:
+            proc = subprocess.Popen(
+                [*CLI, "serve", "--port", "0", "--data-dir", str(tmp_path / "data")],
+                stdout=write_end,
+                stderr=err,
+                env=env,
+            )
+        finally:
+            os.close(write_end)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            for pid in [proc.pid, *_processes_with(marker)]:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail("serve kept running after its banner could not be written")
+    assert proc.returncode != 0
+    assert "BrokenPipeError" in (tmp_path / "stderr.log").read_text()
+    assert _processes_with(marker) == []  # no worker left behind
+
+
+def test_a_worker_stops_when_serve_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of serve (the OOM killer, kill -9): its worker process notices and exits instead
+    of working on as an orphan."""
+    marker = uuid.uuid4().hex
+    server = ServeProcess(
+        tmp_path / "data",
+        env={"SCANET__PIPELINE__WORKERS": "1", "SCANET_TEST_MARKER": marker},
+    )
+    deadline = time.monotonic() + 60
+    while len(_processes_with(marker)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # serve, multiprocessing's resource tracker and the spawned worker
+    assert len(_processes_with(marker)) == 3
+    server.proc.kill()
+    server.proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _processes_with(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
