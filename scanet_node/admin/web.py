@@ -297,9 +297,13 @@ class AdminApp:
             logger.warning(
                 "health check: catalog %s unreachable: %s", self.node.catalog.display_url, exc
             )
-        free = self.node.spool.free_bytes()
-        accepting = not self.acceptance_stopped(free)
-        if not accepting:
+        try:
+            free: int | None = self.node.spool.free_bytes()
+        except OSError as exc:
+            free = None
+            reasons.append(f"spool folder unreadable ({exc.strerror or exc})")
+        accepting = free is not None and not self.acceptance_stopped(free)
+        if free is not None and not accepting:
             reasons.append(
                 f"low disk: {free // 2**20} MB free, below [node] min_free_disk_mb = "
                 f"{self.settings.node.min_free_disk_mb}: new instances are refused"

@@ -436,6 +436,19 @@ def test_healthz_is_503_when_the_catalog_is_gone(
     assert fetch(node.admin.url + "jobs").status == 503
 
 
+def test_healthz_is_503_when_the_data_folder_is_gone(node_factory: NodeFactory) -> None:
+    """An administrator removes the data folder under a running node: the health check says
+    so (503) instead of dropping the connection."""
+    import shutil
+
+    node = node_factory(admin={"enabled": True, "port": 0})
+    assert node.admin is not None
+    shutil.rmtree(node.settings.node.data_dir)
+    got = fetch(node.admin.url + "healthz")
+    assert got.status == 503 and "spool folder unreadable" in got.text
+    assert '"accepting_instances": false' in got.text
+
+
 def test_serve_prints_the_admin_url_and_serves_it(tmp_path: Path) -> None:
     env = {
         **os.environ,
