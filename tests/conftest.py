@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,6 +82,31 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 20.0,
+    log: Callable[[], str] | None = None,
+    *,
+    stop_if: Callable[[], bool] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that.
+
+    On ``timeout`` (or earlier, once ``stop_if()`` is true: a process that ended) fail naming
+    ``what``, with the tail of ``log()`` (a node's log) when given.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline or (stop_if is not None and stop_if()):
+            break
+        time.sleep(0.2)
+    tail = f"\n{log()[-6000:]}" if log is not None else ""
+    raise AssertionError(f"timed out waiting for {what}{tail}")
 
 
 def dcmtk(tool: str) -> str:

@@ -15,17 +15,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NodeFactory, make_settings
+from conftest import NodeFactory, make_settings, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series, iter_spool
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,17 +60,6 @@ def fetch(url: str, *, method: str = "GET", headers: dict[str, str] | None = Non
             return Fetched(response.status, response.headers, response.read())
     except urllib.error.HTTPError as exc:
         return Fetched(exc.code, exc.headers, exc.read())
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)
 
 
 def write_png(path: Path, colours: list[tuple[int, int, int]]) -> None:
@@ -122,9 +109,9 @@ def populate(node: Node, tmp_path: Path) -> Content:
     with association(node, calling="INTRUDER") as assoc:
         assert assoc.is_rejected
     service = node.listener.service
-    wait_for(lambda: len(service.recent_associations()) == 3)
+    wait_for("the three associations", lambda: len(service.recent_associations()) == 3)
     # The scheduler settles and classifies the series by itself (settle 0.3 s).
-    wait_for(lambda: node.catalog.get_study(study_uid).series[0].role)  # type: ignore[union-attr]
+    wait_for("the series role", lambda: node.catalog.get_study(study_uid).series[0].role)  # type: ignore[union-attr]
 
     queue = JobQueue(node.catalog)
     pacs = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=11999)

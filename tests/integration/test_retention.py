@@ -12,15 +12,14 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NodeFactory
+from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_dataset, iter_spool
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -173,13 +172,6 @@ def quiet_node(node_factory: NodeFactory, **sections: dict[str, Any]) -> Node:
     node = node_factory(**sections)
     node.scheduler.stop()
     return node
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def catalog_bytes(node: Node) -> bytes:
@@ -346,7 +338,9 @@ def test_the_scheduler_purges_by_itself_and_spares_a_study_in_analysis(
     busy = send_study(node, 1, study_uid=busy_uid)
     study = send_study(node, 2)
     files = spool_paths(node, study.study_uid)
-    wait_for(lambda: node.catalog.get_study(study.study_uid) is None)
+    wait_for(
+        "the scheduler to purge the study", lambda: node.catalog.get_study(study.study_uid) is None
+    )
     assert not any(p.exists() for p in files)
     assert not (node.spool.root / study.study_uid).exists()
     (audit,) = RetentionStore(node.catalog).audits()

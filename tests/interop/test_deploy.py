@@ -33,7 +33,7 @@ import psutil
 import pydicom
 import pytest
 import yaml
-from conftest import dcmtk
+from conftest import dcmtk, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_dataset
 from model_samples import untrained_checkpoint
 from orthanc import requires_orthanc, run_orthanc
@@ -551,6 +551,9 @@ class Serve:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         scanet_node = shutil.which("scanet-node", path=self.env["PATH"])
         assert scanet_node
@@ -562,18 +565,6 @@ class Serve:
             timeout=120,
             check=False,
         )
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, serve: Serve) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if serve.proc.poll() is not None:
-            break
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}\n{serve.log_text()[-6000:]}")
 
 
 @pytest.fixture
@@ -614,7 +605,8 @@ def start_serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
             "serve to listen",
             lambda: f"listening as SCANET on 127.0.0.1:{port}" in serve.log_text(),
             60,
-            serve,
+            serve.log_text,
+            stop_if=serve.ended,
         )
         return serve
 
@@ -664,7 +656,13 @@ def test_the_start_up_command_serves_dicom_and_health_and_stops_on_sigterm(
     assert http_status(f"{admin}/metrics") == 401
     assert http_status(f"{admin}/metrics", TOKEN) == 200
     # The worker process the deployed config asks for is up before the stop.
-    wait_for("the worker", lambda: re.search(r"worker \S+ started", serve.log_text()), 60, serve)
+    wait_for(
+        "the worker",
+        lambda: re.search(r"worker \S+ started", serve.log_text()),
+        60,
+        serve.log_text,
+        stop_if=serve.ended,
+    )
     workers = [
         c
         for c in psutil.Process(serve.proc.pid).children(recursive=True)
@@ -740,7 +738,13 @@ def test_orthanc_forwards_ct_to_the_node_and_never_the_nodes_results(
         ct = {str(h.SOPInstanceUID) for h in headers.values() if h.Modality == "CT"}
         assert 0 < len(ct) < len(files), "the study also holds a non-CT instance"
         storescu(orthanc.dicom_port, "CT01", files)
-        wait_for("Orthanc to forward the CT", lambda: spool_sop_uids(data_dir) == ct, 60, serve)
+        wait_for(
+            "Orthanc to forward the CT",
+            lambda: spool_sop_uids(data_dir) == ct,
+            60,
+            serve.log_text,
+            stop_if=serve.ended,
+        )
 
         # The node analyses (CTA missing) and sends its results to the same Orthanc.
         url = f"sqlite:///{data_dir / 'catalog.sqlite'}"
@@ -750,7 +754,8 @@ def test_orthanc_forwards_ct_to_the_node_and_never_the_nodes_results(
                 "the results in Orthanc",
                 lambda: queue.deliveries() and all(d.status == "sent" for d in queue.deliveries()),
                 90,
-                serve,
+                serve.log_text,
+                stop_if=serve.ended,
             )
             (job,) = queue.jobs()
             assert job.outcome == "not_analysable" and job.missing == "CTA missing"
@@ -788,7 +793,13 @@ def test_orthanc_forwards_ct_to_the_node_and_never_the_nodes_results(
         barrier.save_as(tmp_path / "barrier.dcm", enforce_file_format=True)
         storescu(orthanc.dicom_port, "CT01", [tmp_path / "barrier.dcm"])
         last = str(barrier.SOPInstanceUID)
-        wait_for("the barrier CT", lambda: last in spool_sop_uids(data_dir), 30, serve)
+        wait_for(
+            "the barrier CT",
+            lambda: last in spool_sop_uids(data_dir),
+            30,
+            serve.log_text,
+            stop_if=serve.ended,
+        )
         assert spool_sop_uids(data_dir) == ct | {last}
         listed = serve.cli("studies", "--json")
         assert listed.returncode == 0, listed.stderr

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pydicom
 import pytest
-from conftest import dcmtk
+from conftest import dcmtk, wait_for
 from model_samples import untrained_checkpoint
 from orthanc import OrthancServer, requires_orthanc, run_orthanc
 
@@ -171,16 +171,6 @@ def study_files(
     return manifest, files
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, node: Node) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-6000:]}")
-
-
 def orthanc_results(orthanc: OrthancServer, study_uid: str) -> dict[str, dict[str, Any]]:
     """Our SR and SC instances in Orthanc for one study, by SOP Instance UID."""
     found = {}
@@ -244,7 +234,7 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
         "the results to be acknowledged",
         lambda: node.cli("deliveries", "--json").stdout.count('"status": "sent"') == 1,
         240,
-        node,
+        node.log_text,
     )
     first = orthanc_results(orthanc, study_uid)
     srs = sr_uids(first)
@@ -285,7 +275,7 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
         "the amended SR",
         lambda: [u for u in sr_uids(orthanc_results(orthanc, study_uid)) if u not in srs],
         240,
-        node,
+        node.log_text,
     )
     assert len(second) == 1
     amended = pydicom.dcmread(fetch(orthanc, second[0], fetched))
@@ -312,7 +302,7 @@ def test_a_worker_killed_mid_job_still_delivers_once(
         "the job to start",
         lambda: [j for j in queue.jobs() if j.status == "running"],
         120,
-        node,
+        node.log_text,
     )
     pids = node.worker_pids()
     assert len(pids) == 1
@@ -321,14 +311,14 @@ def test_a_worker_killed_mid_job_still_delivers_once(
         "the job to finish after the kill",
         lambda: [j for j in queue.jobs() if j.status == "done"],
         300,
-        node,
+        node.log_text,
     )
     assert done[0].id == running[0].id and done[0].attempts == 2
     wait_for(
         "the delivery",
         lambda: all(d.status == "sent" for d in queue.deliveries()) and queue.deliveries(),
         60,
-        node,
+        node.log_text,
     )
     results = orthanc_results(orthanc, manifest["study_instance_uid"])
     assert len(sr_uids(results)) == 1
@@ -354,12 +344,12 @@ def test_a_pacs_that_is_down_gets_the_not_analysable_report_when_it_is_back(
         "two failed delivery attempts",
         lambda: [d for d in queue.deliveries() if d.attempts >= 2],
         120,
-        node,
+        node.log_text,
     )
     pending = queue.deliveries()[0]
     assert pending.status == "pending" and pending.last_status == "unreachable"
     orthanc.start()
-    wait_for("the delivery", lambda: queue.deliveries()[0].status == "sent", 60, node)
+    wait_for("the delivery", lambda: queue.deliveries()[0].status == "sent", 60, node.log_text)
     results = orthanc_results(orthanc, manifest["study_instance_uid"])
     srs = sr_uids(results)
     assert len(srs) == 1
@@ -401,7 +391,7 @@ def test_a_cta_filed_under_its_own_study_is_paired_and_takes_the_results(
         "the delivery",
         lambda: queue.deliveries() and queue.deliveries()[0].status == "sent",
         240,
-        node,
+        node.log_text,
     )
     (job,) = queue.jobs()
     assert job.study_instance_uid == cta_study and job.outcome == "analysed", job.reason

@@ -17,14 +17,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import NodeFactory
+from conftest import NodeFactory, wait_for
 from dicom_samples import ct_series
 from model_samples import untrained_checkpoint
 from node_config import node_config
@@ -120,16 +120,6 @@ def workers() -> Iterator[Workers]:
     started = Workers()
     yield started
     started.stop()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{log()[-6000:]}")
 
 
 def send_studies(node: Any) -> list[str]:
