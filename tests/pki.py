@@ -56,3 +56,12 @@ def make_pki(folder: Path) -> Path:
     issue(folder, "client", "CT01", ca)
     issue(folder, "rogue", "rogue", None)
     return folder
+
+
+def listener_tls(pki: Path, *, mutual: bool = True) -> dict[str, str]:
+    """``[security]`` for a node that speaks TLS with the ``node`` certificate; ``mutual``: it
+    asks for a client certificate signed by the test CA."""
+    security = {"tls_cert": str(pki / "node.crt"), "tls_key": str(pki / "node.key")}
+    if mutual:
+        security["tls_ca"] = str(pki / "ca.crt")
+    return security

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import NodeFactory
 from dicom_samples import ct_dataset
+from pki import listener_tls
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
@@ -44,13 +45,7 @@ def _store(
 
 
 def test_tls_and_mutual_tls(node_factory: NodeFactory, pki: Path) -> None:
-    node = node_factory(
-        security={
-            "tls_cert": str(pki / "node.crt"),
-            "tls_key": str(pki / "node.key"),
-            "tls_ca": str(pki / "ca.crt"),
-        }
-    )
+    node = node_factory(security=listener_tls(pki))
     port = node.listener.address[1]
     assert _store(port, _client_context(pki, "client")) == 0x0000
     assert _store(port, _client_context(pki, None)) is None  # no client certificate
@@ -60,9 +55,7 @@ def test_tls_and_mutual_tls(node_factory: NodeFactory, pki: Path) -> None:
 
 
 def test_tls_without_client_certificates(node_factory: NodeFactory, pki: Path) -> None:
-    node = node_factory(
-        security={"tls_cert": str(pki / "node.crt"), "tls_key": str(pki / "node.key")}
-    )
+    node = node_factory(security=listener_tls(pki, mutual=False))
     assert _store(node.listener.address[1], _client_context(pki, None)) == 0x0000
 
 

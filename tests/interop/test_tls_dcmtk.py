@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import NodeFactory, _free_port, dcmtk, make_settings
 from dicom_samples import ct_dataset, ct_series, write_files
+from pki import listener_tls
 from pydicom.uid import generate_uid
 
 from scanet_node.catalog.jobs import DeliveryInfo, JobSpec
@@ -39,13 +40,7 @@ def _storescu(port: int, files: list[Path], *tls: str) -> subprocess.CompletedPr
 def test_dcmtk_storescu_over_mutual_tls(
     node_factory: NodeFactory, pki: Path, tmp_path: Path
 ) -> None:
-    node = node_factory(
-        security={
-            "tls_cert": str(pki / "node.crt"),
-            "tls_key": str(pki / "node.key"),
-            "tls_ca": str(pki / "ca.crt"),
-        }
-    )
+    node = node_factory(security=listener_tls(pki))
     port = node.listener.address[1]
     files = write_files(ct_series(3), tmp_path / "in")
     trust_node = ("+cf", str(pki / "ca.crt"))
