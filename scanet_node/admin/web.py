@@ -15,13 +15,11 @@ or ``?token=TOKEN`` (the links of a page then carry it). Only GET and HEAD are s
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import html
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -46,6 +44,7 @@ from scanet_node.catalog.overview import Counts, JobRow, Overview
 from scanet_node.config import DEFAULT_CHECKPOINT
 from scanet_node.errors import ListenerError
 from scanet_node.pipeline.analysis import OVERLAY_PNG, SUMMARY_PNG
+from scanet_node.pipeline.retention import tree_bytes
 
 if TYPE_CHECKING:
     from scanet_node.ingest.handlers import AssociationRecord
@@ -156,23 +155,9 @@ class _FolderSize:
     def __call__(self) -> int:
         with self._lock:
             if time.monotonic() - self._at > self.ttl:
-                self._value = _du(self.folder)
+                self._value = tree_bytes(self.folder)[1]
                 self._at = time.monotonic()
             return self._value
-
-
-def _du(folder: Path) -> int:
-    total = 0
-    stack = [folder]
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-                    elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-    return total
 
 
 class AdminApp:
@@ -199,11 +184,6 @@ class AdminApp:
             min_free_bytes=self.node.spool.min_free_bytes,
             results_bytes=self.results_bytes(),
         )
-
-    def acceptance_stopped(self, free: int) -> bool:
-        """True when the low-disk guard refuses new instances ([node] min_free_disk_mb)."""
-        guard = self.node.spool.min_free_bytes
-        return bool(guard) and free < guard
 
     def listener_address(self) -> str | None:
         """``host:port`` of the DICOM listener, or None when it is not running."""
@@ -302,7 +282,7 @@ class AdminApp:
         except OSError as exc:
             free = None
             reasons.append(f"spool folder unreadable ({exc.strerror or exc})")
-        accepting = free is not None and not self.acceptance_stopped(free)
+        accepting = free is not None and self.node.spool.has_room(free=free)
         if free is not None and not accepting:
             reasons.append(
                 f"low disk: {free // 2**20} MB free, below [node] min_free_disk_mb = "
@@ -416,7 +396,7 @@ class AdminApp:
 
     def _disk(self, counts: Counts) -> str:
         free = self.node.spool.free_bytes()
-        stopped = self.acceptance_stopped(free)
+        stopped = not self.node.spool.has_room(free=free)
         guard = self.settings.node.min_free_disk_mb
         return _fields(
             [

@@ -45,6 +45,10 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+#: A job in one of these is active: at most one per study (``uq_job_active_study``).
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
 class DeliveryStatus(enum.StrEnum):
     """Where sending one job's results to one destination stands."""
 

@@ -20,12 +20,12 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from scanet_node.catalog.models import (
+    ACTIVE_JOB_STATUSES,
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
     Instance,
     Job,
-    JobStatus,
     PurgeAudit,
     Series,
     SeriesState,
@@ -35,7 +35,6 @@ from scanet_node.catalog.store import SQLITE_BUSY_TIMEOUT_MS, Catalog, utcnow
 
 logger = logging.getLogger(__name__)
 
-_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 CHECKPOINT_BUSY_TIMEOUT_MS = 2000
 #: The status :class:`JobRow` gives a pending delivery that a worker is sending right now.
 SENDING = "sending"
@@ -266,7 +265,7 @@ class RetentionStore:
             series_uids = select(Series.series_instance_uid).where(Series.study_id.in_(study_ids))
             active = session.scalar(
                 select(func.count(Job.id)).where(
-                    Job.status.in_(_ACTIVE),
+                    Job.status.in_(ACTIVE_JOB_STATUSES),
                     or_(
                         Job.study_instance_uid.in_(uids),
                         Job.ncct_series_uid.in_(series_uids),

@@ -302,7 +302,8 @@ def downgrade_schema(engine: Engine, revision: str, url: str) -> SchemaState:
     return state
 
 
-def _sqlite_file_missing(url: str) -> str | None:
+def sqlite_file_missing(url: str) -> str | None:
+    """The path of a SQLite catalog file that does not exist, else None."""
     parsed = make_url(url)
     if (
         parsed.get_backend_name() == "sqlite"
@@ -334,7 +335,7 @@ def upgrade_catalog(url: str) -> str:
 def current_catalog(url: str) -> tuple[str, bool]:
     """``scanet-node db current``: the catalog's revision in words, and whether it is head."""
     shown = display_url(url)
-    missing = _sqlite_file_missing(url)
+    missing = sqlite_file_missing(url)
     if missing:
         raise CatalogError(f"no catalog at {missing} ({_OPEN_HINT})")
     from scanet_node.catalog.store import create_catalog_engine

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, NoResultFound, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from scanet_node.catalog.models import Instance, Series, SeriesState, Study
-from scanet_node.catalog.schema import require_head, upgrade_schema
+from scanet_node.catalog.schema import require_head, sqlite_file_missing, upgrade_schema
 from scanet_node.errors import CatalogError
 
 logger = logging.getLogger(__name__)
@@ -182,16 +182,9 @@ class Catalog:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
-        parsed = make_url(url)
-        if (
-            not create
-            and parsed.get_backend_name() == "sqlite"
-            and parsed.database not in (None, "", ":memory:")
-            and not Path(str(parsed.database)).is_file()
-        ):
-            raise CatalogError(
-                f"no catalog at {parsed.database} (check [node] data_dir or [catalog] url)"
-            )
+        missing = None if create else sqlite_file_missing(url)
+        if missing:
+            raise CatalogError(f"no catalog at {missing} (check [node] data_dir or [catalog] url)")
         try:
             self.engine = create_catalog_engine(url)
             if create:

@@ -84,6 +84,14 @@ class Spool:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def has_room(self, size: int = 0, free: int | None = None) -> bool:
+        """Whether writing ``size`` bytes would leave at least ``min_free_bytes`` free (the
+        low-disk guard); ``free`` is the free space when the caller has just measured it."""
+        if not self.min_free_bytes:
+            return True
+        free = self.free_bytes() if free is None else free
+        return free - size >= self.min_free_bytes
+
     def _ensure_dir(self, folder: Path) -> None:
         """Make ``folder`` and its parents below the root, fsyncing each new entry."""
         if folder in self._ready_dirs:
@@ -135,7 +143,7 @@ class Spool:
             be written; no partial file remains.
         """
         size = sum(len(part) for part in parts)
-        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
+        if not self.has_room(size):
             raise IngestError(STATUS_OUT_OF_RESOURCES, "Out of resources: spool disk nearly full")
         target = self.root / relative
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from scanet_node.catalog.models import ACTIVE_JOB_STATUSES
 from scanet_node.catalog.retention import (
     SENDING,
     AuditInfo,
@@ -52,7 +53,6 @@ from scanet_node.ingest.spool import TMP_DIR
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 #: A spool file modified after its study's last arrival (plus this, for coarse timestamps
 #: and a file server's clock) and less than ``RECENT_FILE_SECONDS`` before the decision may
 #: be the same instance sent again during the purge: it is kept, and the study's rows stay
@@ -109,7 +109,7 @@ def _groups(studies: Sequence[StudyRow], jobs: Sequence[JobRow]) -> list[list[st
 def _busy(jobs: Iterable[JobRow]) -> str:
     """Why these jobs keep their studies now ("" when nothing does)."""
     jobs = list(jobs)
-    if any(j.status in ACTIVE for j in jobs):
+    if any(j.status in ACTIVE_JOB_STATUSES for j in jobs):
         return "an analysis is queued or running"
     if any(SENDING in j.deliveries for j in jobs):
         return "results are being sent"
@@ -242,12 +242,13 @@ def _check_paths(contents: StudyContents, spool_root: Path, results_root: Path) 
     return _Files(files, folders, last)
 
 
-def _tree_bytes(folder: Path) -> tuple[int, int]:
-    """Files and bytes under ``folder`` (0, 0 if it is gone); links are not followed."""
+def tree_bytes(folder: Path) -> tuple[int, int]:
+    """Files and bytes under ``folder`` (0, 0 if it is gone); links are not followed, and what
+    cannot be read is left out."""
     count = size = 0
     for dirpath, _dirs, names in os.walk(folder):
         for name in names:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 size += os.lstat(os.path.join(dirpath, name)).st_size
                 count += 1
     return count, size
@@ -260,7 +261,7 @@ def _measure(files: _Files) -> tuple[int, int]:
             size += os.lstat(path).st_size
             count += 1
     for folder in files.results_dirs:
-        n, b = _tree_bytes(folder)
+        n, b = tree_bytes(folder)
         count, size = count + n, size + b
     return count, size
 
@@ -298,7 +299,7 @@ def _delete(files: _Files, spool_root: Path, decided_at: float) -> tuple[int, in
             path.unlink()
             count, size = count + 1, size + st.st_size
     for folder in files.results_dirs:
-        n, b = _tree_bytes(folder)
+        n, b = tree_bytes(folder)
         if folder.exists():
             shutil.rmtree(folder)
         count, size = count + n, size + b

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from scanet_node.catalog.jobs import CandidateSeries, JobInfo, JobSpec
-
-ACTIVE = ("queued", "running")
+from scanet_node.catalog.models import ACTIVE_JOB_STATUSES
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def _decide(spec: JobSpec, latest: JobInfo | None) -> Decision | None:
         return Decision(spec)
     if latest.signature == spec.signature or latest.signature.startswith(spec.signature + ";"):
         return None
-    if latest.status in ACTIVE:
+    if latest.status in ACTIVE_JOB_STATUSES:
         if latest.status == "queued" and latest.attempts == 0:
             return Decision(spec, update_job_id=latest.id)
         return None  # the running job finishes first; the next sweep amends it
