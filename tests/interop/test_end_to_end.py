@@ -25,6 +25,7 @@ import pydicom
 import pytest
 from conftest import dcmtk, wait_for
 from model_samples import untrained_checkpoint
+from node_config import node_config
 from orthanc import OrthancServer, requires_orthanc, run_orthanc
 
 from scanet_node.catalog import Catalog
@@ -56,40 +57,13 @@ class Node:
 
     def __init__(self, folder: Path, checkpoint: Path, orthanc: OrthancServer, **extra: Any):
         self.data_dir = folder / "data"
-        pipeline = {
-            "series_settle_seconds": 1,
-            "job_lease_seconds": 6,
-            **extra.get("pipeline", {}),
-        }
-        config = folder / "config.toml"
-        config.write_text(
-            "\n".join(
-                [
-                    "[node]",
-                    'host = "127.0.0.1"',
-                    "port = 0",
-                    f'data_dir = "{self.data_dir}"',
-                    "min_free_disk_mb = 0",
-                    "[admin]",
-                    "port = 0",
-                    "[pipeline]",
-                    *(f"{k} = {v}" for k, v in pipeline.items()),
-                    "[delivery]",
-                    "retry_initial_seconds = 0.5",
-                    "retry_max_seconds = 1",
-                    "timeout_seconds = 10",
-                    "[model]",
-                    f'checkpoint = "{checkpoint}"',
-                    'device = "cpu"',
-                    "threads = 1",
-                    "[[destinations]]",
-                    'name = "orthanc"',
-                    f'ae_title = "{orthanc.ae_title}"',
-                    'host = "127.0.0.1"',
-                    f"port = {orthanc.dicom_port}",
-                ]
-            )
-            + "\n"
+        config = node_config(
+            folder / "config.toml",
+            data_dir=self.data_dir,
+            checkpoint=checkpoint,
+            destination=("orthanc", orthanc.ae_title, orthanc.dicom_port),
+            pipeline=extra.get("pipeline"),
+            admin={"port": 0},
         )
         self.config = config
         self.log = (folder / "serve.log").open("w")
