@@ -57,6 +57,14 @@ def node(node_factory: NodeFactory) -> Node:
     return node_factory()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests on SQLite (the default) and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
     """A test CA and certificates signed by it (tests/pki.py), in ``tmp_path/pki``."""

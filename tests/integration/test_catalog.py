@@ -11,14 +11,6 @@ from pydicom.uid import generate_uid
 from scanet_node.catalog import Catalog, InstanceRecord, utcnow
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same tests on SQLite (the default) and on a real PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def catalog(catalog_url: str) -> Iterator[Catalog]:
     cat = Catalog(catalog_url)

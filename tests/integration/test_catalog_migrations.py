@@ -39,14 +39,6 @@ CLI = [sys.executable, "-m", "scanet_node"]
 T0 = datetime(2026, 11, 1, 8, 0, 0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same tests on SQLite (the default) and on a real PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 def differences(engine: sa.Engine) -> list[object]:
     """What Alembic's autogenerate sees between the database and the models (types and
     server defaults compared too)."""

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -15,13 +14,9 @@ from scanet_node.catalog import Catalog, utcnow
 from scanet_node.catalog.jobs import AttemptInfo, JobQueue, JobSpec
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
-    catalog = Catalog(url)
+@pytest.fixture
+def queue(catalog_url: str) -> Iterator[JobQueue]:
+    catalog = Catalog(catalog_url)
     yield JobQueue(catalog)
     catalog.close()
 

@@ -447,13 +447,9 @@ def test_purge_and_audit_commands(node_factory: NodeFactory, tmp_path: Path) -> 
 # -- the catalog side, on SQLite and a real PostgreSQL --------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
-    catalog = Catalog(url)
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    catalog = Catalog(catalog_url)
     yield catalog
     catalog.close()
 
