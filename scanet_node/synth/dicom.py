@@ -314,8 +314,13 @@ def write_study(
     )
     study.frame_uid = study.uid("frame-of-reference")
 
-    ncct = ncct_geometry(pose, rng, options.small, options.gantry_tilt_deg)
-    cta = cta_geometry(pose, rng, options.small, options.cta_slice_mm) if options.with_cta else None
+    head = getattr(phantom, "head_affine", None)  # the patient's head size and shape
+    ncct = ncct_geometry(pose, rng, options.small, options.gantry_tilt_deg, head)
+    cta = (
+        cta_geometry(pose, rng, options.small, options.cta_slice_mm, head)
+        if options.with_cta
+        else None
+    )
     loc_rng, ncct_rng, cta_rng = rng.spawn(3)
     ncct_ma = int(rng.integers(260, 330))
     cta_ma = int(rng.integers(180, 260))

@@ -8,18 +8,24 @@ fine grid as :func:`scanet_node.imaging.model_input.fine_grid`, the same 5-plane
 ``tests/integration/test_synth_direct.py`` checks that this matches what
 :func:`scanet_node.imaging.prepare.prepare` makes of the same study's DICOM.
 
+Each study has its own patient (``synth/subject.py``): the template's grid is mapped into the
+patient's head by the patient's best affine, which is what an ideal affine registration finds,
+so the smooth deformation beyond it is left in the input as ``prepare`` leaves it.
+
 The NCCT is given the profile of a 5 mm slice interpolated onto 1 mm planes and an in-plane
-blur; the intracranial mask is the template's, grown a little more than ``prepare`` grows the
-patient's. What differs, knowingly: no registration error, no CTA reconstruction blur beyond
-the phantom's own partial-volume edges, and independent (white) noise per fine plane.
+blur; the intracranial mask is the patient's cavity, grown a little more than ``prepare`` grows
+the extracted brain. What differs, knowingly: no error of the registration itself beyond the
+patient's non-affine residual, no CTA reconstruction blur beyond the phantom's own
+partial-volume edges, and independent (white) noise per fine plane.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +52,11 @@ from scanet_node.synth.cohort import (
     label_row,
     occlusion_of,
     plan_cohort,
+    subject_of,
 )
+
+if TYPE_CHECKING:
+    from scanet_node.synth.subject import Subject
 
 #: Noise (HU, standard deviation) added to each 1 mm plane before slab averaging: the
 #: scanner's noise after registration has resampled it onto the 1 mm planes.
@@ -58,31 +68,10 @@ CTA_PLANE_NOISE_HU = 6.0
 #: from what ``prepare`` makes of the DICOM.
 NCCT_Z_PROFILE_MM = 9.0
 NCCT_BLUR_MM = 1.0
-#: ``prepare`` grows its mask 1.5 mm, but around a brain extracted from the patient's NCCT,
-#: which runs about 1 mm wider than the template's intracranial mask used here.
-MASK_MARGIN_MM = 2.5
-
-
-@functools.cache
-def _mask(size: int) -> npt.NDArray[np.bool_]:
-    """The template's intracranial mask on the slabs, grown as ``prepare`` grows it."""
-    from scanet_node.imaging.template import load_template
-
-    template = load_template()
-    grid = fine_grid(size)
-    k, j, i = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
-    points = grid.index_to_mni(np.stack([i, j, k], axis=-1).astype(np.float64))
-    idx = template.grid.mni_to_index(points)
-    inside = ndi.map_coordinates(
-        template.brain_mask.astype(np.float32),
-        [idx[..., 2], idx[..., 1], idx[..., 0]],
-        order=1,
-        mode="constant",
-        cval=0.0,
-    )
-    mask = slab_mask(inside >= 0.5, grid, MASK_MARGIN_MM)
-    mask.setflags(write=False)
-    return mask
+#: ``prepare`` grows its mask 1.5 mm around the brain it extracts from the patient's NCCT,
+#: which stays about a voxel inside the intracranial cavity (partial volume with the inner
+#: table): here the patient's cavity is eroded by one fine voxel, then grown by this.
+MASK_MARGIN_MM = 1.0
 
 
 def clot_slab(plan: StudyPlan) -> int:
@@ -91,17 +80,38 @@ def clot_slab(plan: StudyPlan) -> int:
     return int(np.clip(np.round((z - Z_BOTTOM_MNI) / SLAB_MM), 0, 25))
 
 
-def template_input(plan: StudyPlan, size: int = 224) -> npt.NDArray[np.float32]:
-    """``(2, 26, size, size)`` float32 in 0..1: the study's model input, without DICOM."""
+def template_input(
+    plan: StudyPlan,
+    size: int = 224,
+    *,
+    noise: bool = True,
+    subject: Subject | None = None,
+    fixed_anatomy: bool = False,
+) -> npt.NDArray[np.float32]:
+    """``(2, 26, size, size)`` float32 in 0..1: the study's model input, without DICOM.
+
+    The template's grid is mapped into the patient's head by the patient's best affine (what
+    an ideal affine registration finds), so the smooth deformation beyond it stays, as
+    ``prepare`` leaves it. ``subject`` replaces the plan's patient (its tree must carry the
+    plan's occlusion, as :func:`~scanet_node.synth.cohort.occlusion_of` builds it);
+    ``fixed_anatomy`` uses the atlas head; ``noise=False`` gives the noise-free input.
+    """
     from scanet_node.synth.phantom import Phantom
 
+    if subject is None and not fixed_anatomy:
+        subject = subject_of(plan)
+    occlusion = occlusion_of(plan, fixed_anatomy=fixed_anatomy)
+    if subject is not None:
+        occlusion = replace(occlusion, tree=subject.tree)
     _, contrast_hu = images_stream(plan)  # the contrast level write_study uses
-    phantom = Phantom(occlusion_of(plan), contrast_hu=contrast_hu, seed=plan.index)
+    phantom = Phantom(occlusion, contrast_hu=contrast_hu, seed=plan.index, subject=subject)
+    head = phantom.head_affine
     noise_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES, 1])
     grid = fine_grid(size)
     planes = grid.shape[0]
     j, i = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     channels = []
+    inside = np.empty((planes, size, size), dtype=bool)
     for phase, sigma, win, how in (
         ("ncct", NCCT_PLANE_NOISE_HU, NCCT_WINDOW_HU, "mean"),
         ("cta", CTA_PLANE_NOISE_HU, CTA_WINDOW_HU, "max"),
@@ -109,16 +119,20 @@ def template_input(plan: StudyPlan, size: int = 224) -> npt.NDArray[np.float32]:
         fine = np.empty((planes, size, size), dtype=np.float32)
         for k in range(planes):
             ijk = np.stack([i, j, np.full_like(i, k)], axis=-1).astype(np.float64)
-            fine[k] = phantom.sample(grid.index_to_mni(ijk), phase)
+            points = grid.index_to_mni(ijk) @ head[:3, :3].T + head[:3, 3]
+            fine[k] = phantom.sample(points, phase)
+            if phase == "ncct":
+                inside[k] = phantom.anatomy.mask_at(phantom.anatomy.cavity_mask, points)
         if phase == "ncct":
             plane_mm, pixel_mm = grid.spacing[2], grid.spacing[0]
             width = max(1, round(NCCT_Z_PROFILE_MM / plane_mm))
             fine = ndi.uniform_filter1d(fine, width, axis=0, mode="nearest")
             sigma_px = NCCT_BLUR_MM / pixel_mm
             fine = ndi.gaussian_filter(fine, (0.0, sigma_px, sigma_px), mode="nearest")
-        fine += noise_rng.normal(0.0, sigma, fine.shape).astype(np.float32)
+        if noise:
+            fine += noise_rng.normal(0.0, sigma, fine.shape).astype(np.float32)
         channels.append(window(to_slabs(fine, how), *win))
-    mask = _mask(size)
+    mask = slab_mask(ndi.binary_erosion(inside), grid, MASK_MARGIN_MM)
     tensor = np.stack([np.where(mask, c, 0.0) for c in channels]).astype(np.float32)
     assert tensor.shape[1] * PLANES_PER_SLAB == planes
     return tensor

@@ -1,31 +1,38 @@
-"""A synthetic head for CT and CTA: MNI152 pseudo-CT anatomy plus an arterial tree with a clot.
+"""A synthetic head for CT and CTA: a pseudo-CT anatomy plus an arterial tree with a clot.
 
 :class:`Phantom` answers one question, fast: the noise-free Hounsfield units at arbitrary points
-in MNI space for a non-contrast ('ncct') or arterial-phase ('cta') acquisition. Callers sample
-every pixel of every slice (a 300-slice 512x512 CTA is 78 million points), so both lookups are
-trilinear interpolations of precomputed rasters:
+of the head (mm, RAS) for a non-contrast ('ncct') or arterial-phase ('cta') acquisition. Callers
+sample every pixel of every slice (a 300-slice 512x512 CTA is 78 million points), so both
+lookups are trilinear interpolations of precomputed rasters:
 
-* the anatomy (``anatomy.load_anatomy``), 1 mm, loaded once per process;
+* the anatomy, 1 mm: the MNI152 atlas head (``anatomy.load_anatomy``, loaded once per process),
+  or a patient's own head (``subject.Subject.build``: size, shape, skull, atrophy, ventricles,
+  early ischaemic change and a smooth deformation; a few seconds per phantom);
 * the vessels, 0.4 mm, stored block-sparse (8x8x8-cell blocks, only those the vessel tubes
-  touch, each with a one-sample overlap so interpolation never leaves its block). The geometry
-  (vessel fraction, nearest segment, arc length along it) is computed once per process; a new
-  :class:`Phantom` only maps it to HU for its occlusion and contrast level (a few tens of ms).
+  touch, each with a one-sample overlap so interpolation never leaves its block): the trunks
+  from the neck to the circle of Willis and the M1-M3 branches, and the cortical (M4 and pial)
+  arteries over each hemisphere. A patient's tree (its own lengths, branch points, calibres and
+  cortical network, defined on the atlas) is mapped into the patient's head before it is
+  rasterised; arc lengths along it stay those of the atlas, where the clot is defined.
 
 Vessel HU replaces tissue HU by the vessel fraction, which ramps from 1 to 0 over 0.4 mm at the
-wall, so thin arteries keep a realistic partial-volume edge.
+wall, so thin arteries keep a realistic partial-volume edge. Downstream of a clot, the cortical
+arteries fill retrogradely from the edge of the territory by the collateral grade (Tan score).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from scanet_node.synth.anatomy import Anatomy, load_anatomy
-from scanet_node.synth.vessels import Occlusion, Segment, vessel_tree
+from scanet_node.synth.subject import DEFAULT_FILL_BY_GRADE, Subject, SubjectAnatomy
+from scanet_node.synth.vessels import CORTICAL_KINDS, Occlusion, Segment, vessel_tree
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ VOXEL_MM = 0.4  # vessel raster spacing
 BLOCK = 8  # cells per block edge; a block stores (BLOCK + 1) ** 3 samples
 WALL_MM = 0.4  # width of the partial-volume ramp across the vessel wall
 CLOT_EDGE_MM = 1.0  # width of the clot's transition along the vessel
+#: Collateral (retrograde, delayed) filling reaches this share of the arterial enhancement.
+COLLATERAL_ENHANCEMENT = 0.9
+FILL_EDGE_MM = 3.0  # width of the edge between filled and unfilled cortical arteries
 
 _S = BLOCK + 1
 _BLOCK_SAMPLES = _S**3
@@ -63,6 +73,7 @@ class _VesselGeometry:
     segment: npt.NDArray[np.int16]  # index into ``names`` of the nearest vessel surface, -1 none
     arc_mm: Float32Array  # arc length along that segment of the nearest centreline point
     names: tuple[str, ...]
+    segments: tuple[Segment, ...]  # in atlas space (arc lengths are measured there)
 
     @property
     def upper(self) -> FloatArray:
@@ -72,13 +83,18 @@ class _VesselGeometry:
 
 @functools.cache
 def _vessel_geometry() -> _VesselGeometry:
-    """Rasterise the tree (once per process, a fraction of a second).
+    """The atlas head's tree, rasterised once per process."""
+    segments = tuple(vessel_tree())
+    return _rasterise(segments, segments)
+
+
+def _rasterise(segments: Sequence[Segment], atlas_segments: Sequence[Segment]) -> _VesselGeometry:
+    """Rasterise a tree (in the head's space) whose arc lengths are those of ``atlas_segments``.
 
     Every centreline point (0.5 mm apart) splats the raster samples within its radius plus half
     the wall ramp; per sample the nearest splat wins, which approximates the distance to the
     centreline polyline within a few hundredths of a millimetre at the wall.
     """
-    segments = vessel_tree()
     lo = np.min([s.points.min(axis=0) - s.radius_mm for s in segments], axis=0) - 2.0
     hi = np.max([s.points.max(axis=0) + s.radius_mm for s in segments], axis=0) + 2.0
     origin = lo
@@ -86,7 +102,7 @@ def _vessel_geometry() -> _VesselGeometry:
     n_samples = shape * BLOCK + 1
 
     keys, signed, fractions, seg_ids, arcs = [], [], [], [], []
-    for index, seg in enumerate(segments):
+    for index, (seg, atlas_seg) in enumerate(zip(segments, atlas_segments, strict=True)):
         reach = seg.radius_mm + 0.5 * WALL_MM
         n = int(np.ceil(reach / VOXEL_MM)) + 1
         offsets = np.stack(
@@ -103,7 +119,7 @@ def _vessel_geometry() -> _VesselGeometry:
         signed.append(dist - seg.radius_mm)
         fractions.append(np.clip((seg.radius_mm - dist) / WALL_MM + 0.5, 0.0, 1.0))
         seg_ids.append(np.full(len(dist), index, dtype=np.int16))
-        arcs.append(seg.arc_length()[point])
+        arcs.append(atlas_seg.arc_length()[point])
 
     key = np.concatenate(keys)
     sd = np.concatenate(signed)
@@ -150,6 +166,7 @@ def _vessel_geometry() -> _VesselGeometry:
         segment=segment,
         arc_mm=arc_mm,
         names=tuple(s.name for s in segments),
+        segments=tuple(atlas_segments),
     )
 
 
@@ -237,6 +254,11 @@ class _AnatomyGrid:
         return np.ascontiguousarray(out, dtype=np.float32).ravel()
 
 
+def _read_only(points: FloatArray) -> FloatArray:
+    points.setflags(write=False)
+    return points
+
+
 def _lerp(a: Float32Array, b: Float32Array, t: Float32Array) -> Float32Array:
     return np.asarray(a + (b - a) * t, dtype=np.float32)
 
@@ -250,34 +272,85 @@ class Phantom:
     """A head in MNI space with its arteries and at most one occlusion."""
 
     def __init__(
-        self, occlusion: Occlusion | None, *, contrast_hu: float = 380.0, seed: int = 0
+        self,
+        occlusion: Occlusion | None,
+        *,
+        contrast_hu: float = 380.0,
+        seed: int = 0,
+        subject: Subject | None = None,
     ) -> None:
         """Build the phantom.
 
         Parameters
         ----------
         occlusion
-            The clot, or None for a normal study.
+            The clot, or None for a normal study. With a ``subject``, it lies on the subject's
+            tree (``Occlusion(..., tree=subject.tree)``).
         contrast_hu
             Attenuation of arterial blood on CTA (callers pass 300-450).
         seed
-            Reserved for per-phantom anatomical variation; the anatomy and tree are fixed today.
+            Kept for callers; the patient's variation comes from ``subject``.
+        subject
+            The patient (``synth/subject.py``): own head, brain, arteries and early ischaemic
+            change. None gives the atlas head with the atlas tree.
         """
         if not 100.0 <= contrast_hu <= 1000.0:
             raise ValueError(f"contrast_hu must be within 100..1000, got {contrast_hu}")
         self._occlusion = occlusion
         self._contrast_hu = float(contrast_hu)
         self._seed = seed
-        self._anatomy: Anatomy = load_anatomy()
-        self._grid = _anatomy_grid()
-        self._geometry = _vessel_geometry()
-        ncct, cta = _vessel_hu(self._geometry, occlusion, self._contrast_hu)
+        self._subject = subject
+        self._built: SubjectAnatomy | None = None
+        if subject is None:
+            self._anatomy: Anatomy = load_anatomy()
+            self._grid = _anatomy_grid()
+            self._geometry = _vessel_geometry()
+            fill = None
+        else:
+            self._built = subject.build()
+            self._anatomy = self._built.anatomy
+            self._grid = _AnatomyGrid(self._anatomy)
+            atlas_tree = subject.tree or tuple(vessel_tree())
+            # One call for all centrelines: the inverse warp iterates, per call.
+            moved = self._built.from_atlas(np.vstack([seg.points for seg in atlas_tree]))
+            ends = np.cumsum([len(seg.points) for seg in atlas_tree])[:-1]
+            head_tree = [
+                replace(seg, points=_read_only(points))
+                for seg, points in zip(atlas_tree, np.split(moved, ends), strict=True)
+            ]
+            self._geometry = _rasterise(head_tree, atlas_tree)
+            fill = subject.collateral_fill
+        ncct, cta = _vessel_hu(self._geometry, occlusion, self._contrast_hu, fill)
         fraction = self._geometry.fraction
         # Interleaved (fraction, fraction * HU) so one gather per corner fetches both.
         self._tables = {
             "ncct": np.ascontiguousarray(np.stack([fraction, fraction * ncct], axis=1)),
             "cta": np.ascontiguousarray(np.stack([fraction, fraction * cta], axis=1)),
         }
+
+    @property
+    def subject(self) -> Subject | None:
+        """The patient, None for the atlas head."""
+        return self._subject
+
+    @property
+    def head_affine(self) -> FloatArray:
+        """4x4 atlas MNI mm -> this head's mm, its best affine (identity for the atlas head)."""
+        if self._built is None:
+            return np.eye(4)
+        return np.asarray(self._built.affine_from_atlas, dtype=np.float64)
+
+    def to_head(self, points_mni: npt.ArrayLike) -> FloatArray:
+        """Where atlas MNI points ``(..., 3)`` lie in this head (the patient's anatomy)."""
+        if self._built is None:
+            return np.asarray(points_mni, dtype=np.float64)
+        return self._built.from_atlas(points_mni)
+
+    def to_atlas(self, points_head: npt.ArrayLike) -> FloatArray:
+        """Atlas MNI mm of points ``(..., 3)`` of this head (inverse of :meth:`to_head`)."""
+        if self._built is None:
+            return np.asarray(points_head, dtype=np.float64)
+        return self._built.to_atlas(points_head)
 
     @property
     def occlusion(self) -> Occlusion | None:
@@ -389,13 +462,25 @@ def _lattice_axes(pts: npt.NDArray[np.floating]) -> tuple[int, int] | None:
 
 
 def _vessel_hu(
-    geo: _VesselGeometry, occlusion: Occlusion | None, contrast_hu: float
+    geo: _VesselGeometry,
+    occlusion: Occlusion | None,
+    contrast_hu: float,
+    collateral_fill: float | None = None,
 ) -> tuple[Float32Array, Float32Array]:
-    """Lumen HU of every raster sample for both phases, given the clot (if any)."""
+    """Lumen HU of every raster sample for both phases, given the clot (if any).
+
+    Downstream of the clot, the trunks fill with the grade's share of the arterial contrast
+    (``Occlusion.collateral_fraction``) and the cortical arteries retrogradely from the
+    territory's edge: the outermost ``collateral_fill`` of them (by centreline length, counted
+    from the M1 bifurcation outwards) fill with :data:`COLLATERAL_ENHANCEMENT` of the arterial
+    contrast, the rest stay unopacified, as the Tan score reads it.
+    """
     n = len(geo.segment)
     patent = np.ones(n, dtype=np.float32)
     clot = np.zeros(n, dtype=np.float32)
     distal = np.zeros(n, dtype=np.float32)
+    cortical = np.zeros(n, dtype=np.float32)  # 1 where a distal cortical artery fills
+    is_cortical = np.zeros(n, dtype=bool)
     collateral = 0.0
     clot_hu = BLOOD_HU
     if occlusion is not None:
@@ -404,10 +489,16 @@ def _vessel_hu(
         s0, s1 = occlusion.clot_span_mm
         offsets = occlusion.path_offsets_mm()
         distal_names = occlusion.distal_segments
+        if collateral_fill is None:
+            collateral_fill = DEFAULT_FILL_BY_GRADE[occlusion.collateral_grade]
+        filling = _cortical_filling(geo, occlusion, distal_names, collateral_fill)
+        # The samples of each segment, found once (a tree has thousands of segments).
+        order = np.argsort(geo.segment, kind="stable")
+        starts = np.searchsorted(geo.segment[order], np.arange(len(geo.names) + 1))
         for index, name in enumerate(geo.names):
             if name not in offsets and name not in distal_names:
                 continue
-            sel = geo.segment == index
+            sel = order[starts[index] : starts[index + 1]]
             if name in offsets:
                 s = geo.arc_mm[sel] + offsets[name]
                 c = np.clip((s - s0) / CLOT_EDGE_MM + 0.5, 0, 1) * np.clip(
@@ -417,13 +508,53 @@ def _vessel_hu(
                 clot[sel] = c
                 distal[sel] = d
                 patent[sel] = 1.0 - c - d
-            elif name in distal_names:
+            elif index in filling:
+                patent[sel] = 0.0
+                is_cortical[sel] = True
+                cortical[sel] = filling[index](geo.arc_mm[sel])
+            else:
                 patent[sel] = 0.0
                 distal[sel] = 1.0
     distal_cta = BLOOD_HU + collateral * (contrast_hu - BLOOD_HU)
-    ncct = BLOOD_HU * (patent + distal) + clot_hu * clot
+    cortical_cta = BLOOD_HU + cortical * COLLATERAL_ENHANCEMENT * (contrast_hu - BLOOD_HU)
+    ncct = BLOOD_HU * (1.0 - clot) + clot_hu * clot
     cta = contrast_hu * patent + clot_hu * clot + distal_cta * distal
+    cta = np.where(is_cortical, cortical_cta, cta)
     return ncct.astype(np.float32), cta.astype(np.float32)
+
+
+def _cortical_filling(
+    geo: _VesselGeometry,
+    occlusion: Occlusion,
+    distal_names: frozenset[str],
+    fill: float,
+) -> dict[int, Callable[[Float32Array], Float32Array]]:
+    """Per distal cortical segment: arc length -> filled (0..1), the Tan score's share."""
+    by_name = {seg.name: seg for seg in geo.segments}
+    origin = by_name[f"{occlusion.side}_M1"].points[-1]
+    depths: dict[int, tuple[FloatArray, FloatArray]] = {}
+    for index, seg in enumerate(geo.segments):
+        if seg.kind in CORTICAL_KINDS and seg.name in distal_names:
+            depths[index] = (seg.arc_length(), np.linalg.norm(seg.points - origin, axis=1))
+    if not depths:
+        return {}
+    every = np.concatenate([d for _, d in depths.values()])
+    if fill >= 1.0:
+        threshold = -np.inf
+    elif fill <= 0.0:
+        threshold = np.inf
+    else:
+        threshold = float(np.quantile(every, 1.0 - fill))
+
+    def filled(arc: FloatArray, depth: FloatArray) -> Callable[[Float32Array], Float32Array]:
+        def at(s: Float32Array) -> Float32Array:
+            d = np.interp(s, arc, depth)
+            edge = np.clip((d - threshold) / FILL_EDGE_MM + 0.5, 0.0, 1.0)
+            return np.asarray(edge, dtype=np.float32)
+
+        return at
+
+    return {index: filled(arc, depth) for index, (arc, depth) in depths.items()}
 
 
 __all__ = ["PHASES", "Occlusion", "Phantom", "Segment"]

