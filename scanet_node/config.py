@@ -253,8 +253,8 @@ class ImagingSettings(_Section):
     ncct_max_slice_thickness_mm: float = Field(default=5.5, gt=0)
     cta_max_slice_thickness_mm: float = Field(default=2.5, gt=0)
     min_images: int = Field(default=20, ge=1)
-    cta_min_vessel_fraction: float = Field(default=0.0008, gt=0, lt=1)
-    ncct_max_vessel_fraction: float = Field(default=0.0003, ge=0, lt=1)
+    cta_min_vessel_fraction: float = Field(default=0.005, gt=0, lt=1)
+    ncct_max_vessel_fraction: float = Field(default=0.003, ge=0, lt=1)
     registration: Literal["affine", "syn"] = "affine"
     min_registration_similarity: float = Field(default=0.7, ge=0, le=1)
 

@@ -179,9 +179,10 @@ class ClassificationRules:
     mm each), so a 2.5 mm CTA loses nothing for it (the small synthetic studies have one),
     while thicker series are, in practice, MIP slabs or thick reformats; among qualifying
     series the thinnest wins anyway. The NCCT maximum, 5.5 mm, admits the usual 5 mm head
-    series with some rounding. The vessel fractions were set on the synthetic cohort (NCCT
-    0.006-0.01 %, CTA 0.17-0.2 %, which has arteries only; a patient's CTA also fills veins and
-    sinuses and scores higher), with a margin of two on each side.
+    series with some rounding. The vessel fractions were set on the synthetic cohort of patients
+    who differ (NCCT 0.01-0.15 %: thin bone of the skull base inside the skull's ring; CTA
+    0.9-1.6 % with the cortical arteries, and arteries only: a patient's CTA also fills veins
+    and sinuses and scores higher), with a margin of about two on each side.
     """
 
     cta_patterns: tuple[str, ...] = DEFAULT_CTA_PATTERNS
@@ -194,8 +195,8 @@ class ClassificationRules:
     ncct_max_slice_thickness_mm: float = 5.5
     cta_max_slice_thickness_mm: float = 2.5
     min_images: int = 20
-    cta_min_vessel_fraction: float = 0.0008
-    ncct_max_vessel_fraction: float = 0.0003
+    cta_min_vessel_fraction: float = 0.005
+    ncct_max_vessel_fraction: float = 0.003
 
     def __post_init__(self) -> None:
         for name in (

@@ -123,6 +123,19 @@ class AtlasTissue:
         return np.asarray(ndi.distance_transform_edt(~self.cavity), dtype=np.float32)
 
     @functools.cached_property
+    def vault(self) -> npt.NDArray[np.float32]:
+        """0 at and below the skull base (MNI z -10 mm), 1 over the vault (z 10 mm and up).
+
+        A patient's skull differs in the thickness of the vault; the skull base, whose thin
+        bony structures (clinoids, sella, petrous ridges) lie inside the skull's ring on axial
+        slices, keeps the atlas's shape.
+        """
+        k = np.arange(self.labels.shape[2])
+        z = k * self.affine[2, 2] + self.affine[2, 3]
+        ramp = np.clip((z + 10.0) / 20.0, 0.0, 1.0).astype(np.float32)
+        return np.broadcast_to(ramp[None, None, :], self.labels.shape)
+
+    @functools.cached_property
     def ventricles(self) -> npt.NDArray[np.bool_]:
         """The lateral and third ventricles: the largest body of deep CSF in the central box."""
         csf = self.cavity & ~self.brain & (self.depth_in_cavity > 8.0)
@@ -264,13 +277,15 @@ def compose_hu(
     bone = np.flatnonzero((tissue.labels == CORTICAL) | (tissue.labels == DIPLOE))
     hu[bone] += BONE_TEXTURE_HU * texture[bone]
     if c.skull_mm > 0.0:
-        # The inner table grows inwards over what lay beneath it.
+        # The inner table of the vault grows inwards over what lay beneath it.
         depth = tissue.depth_in_cavity.ravel()[inside]
         f = np.clip(np.float32(c.skull_mm) - depth + np.float32(0.5), 0.0, 1.0)
+        f *= tissue.vault.ravel()[inside]
         hu[inside] += f * (HU_CORTICAL + BONE_TEXTURE_HU * texture[inside] - hu[inside])
     elif c.skull_mm < 0.0:
         distance = tissue.distance_from_cavity.ravel()[bone]
         f = np.clip(np.float32(-c.skull_mm) - distance + np.float32(0.5), 0.0, 1.0)
+        f *= tissue.vault.ravel()[bone]
         hu[bone] += f * (HU_CSF - hu[bone])
     blurred = ndi.gaussian_filter(
         hu.reshape(tissue.labels.shape), PARTIAL_VOLUME_SIGMA_MM, mode="nearest", truncate=3.0

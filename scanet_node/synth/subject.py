@@ -301,11 +301,12 @@ def _build(subject: Subject) -> SubjectAnatomy:
         index.append(d)
     hu = ndi.map_coordinates(atlas_hu, index, order=1, mode="constant", cval=HU_AIR)
     cavity = tissue.cavity
+    vault = tissue.vault > 0.5
     if subject.skull_mm > 0.0:
-        cavity = cavity & (tissue.depth_in_cavity >= subject.skull_mm)
+        cavity = cavity & ~(vault & (tissue.depth_in_cavity < subject.skull_mm))
     elif subject.skull_mm < 0.0:
         bone = (tissue.labels == CORTICAL) | (tissue.labels == DIPLOE)
-        cavity = cavity | (bone & (tissue.distance_from_cavity <= -subject.skull_mm))
+        cavity = cavity | (vault & bone & (tissue.distance_from_cavity <= -subject.skull_mm))
     masks = (tissue.brain.astype(np.uint8) * 2 + cavity).astype(np.uint8)
     warped_masks = ndi.map_coordinates(masks, index, order=0, mode="constant", cval=0)
     del index

@@ -37,7 +37,7 @@ NCCT_IMAGE = ImageEvidence(
     is_head=True,
 )
 CTA_IMAGE = replace(NCCT_IMAGE, vessel_fraction=0.01)
-UNCLEAR_IMAGE = replace(NCCT_IMAGE, vessel_fraction=0.0005)
+UNCLEAR_IMAGE = replace(NCCT_IMAGE, vessel_fraction=0.004)
 CHEST_IMAGE = ImageEvidence(0.0, 0.0, 0.0, 0.0, False)
 
 
