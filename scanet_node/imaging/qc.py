@@ -38,6 +38,10 @@ class NotAnalysable(ImagingError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[NotAnalysable], tuple[str, str]]:
+        # Picklable, so that a study prepared in a worker process reports its reason.
+        return type(self), (self.reason, self.detail)
+
 
 def brain_coverage(
     brain_points_mni: npt.NDArray[np.float64],

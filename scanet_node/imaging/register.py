@@ -98,6 +98,10 @@ class RegistrationError(ImagingError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[RegistrationError], tuple[str, str]]:
+        return type(self), (self.reason, self.message)
 
 
 @dataclass(frozen=True, eq=False)

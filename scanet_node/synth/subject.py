@@ -19,8 +19,9 @@ what an ideal affine registration would find, the rest being the residual that r
 real patients leaves.
 
 The age effects and sizes are ours, chosen to be of the order reported for adults: ventricles
-and sulci widen with age (lateral ventricle volume about doubles between 40 and 80), head size
-varies by about 4 % (standard deviation, linear) and men's heads are about 3.5 % larger.
+and sulci widen with age (lateral ventricle volume about doubles between 40 and 80), heads are
+smaller than the atlas's (:data:`HEAD_SCALE_MEN`) and vary by about 4 % (standard deviation,
+linear), and men's heads are about 3.5 % larger than women's.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ GRID_PAD_MM = 12
 #: Control-point spacing and smoothing of the random deformation.
 DEFORMATION_SPACING_MM = 10.0
 DEFORMATION_SMOOTHING_CELLS = 1.5
+
+#: Mean linear size of men's heads relative to the atlas, whose intracranial volume (about
+#: 2050 mL by the node's brain extraction) exceeds that of adults (about 1550 mL for men, 1350
+#: for women): the MNI152 average was scaled up towards the Talairach brain. Women's heads are
+#: 3.5 % smaller; the range keeps every head within what the node's brain extraction accepts.
+HEAD_SCALE_MEN = 0.92
+HEAD_SCALE_RANGE = (0.8, 1.0)
 
 #: ASPECTS regions (Barber 2000, Lancet 355:1670), in the order they are numbered here.
 ASPECTS_REGIONS = ("C", "L", "IC", "I", "M1", "M2", "M3", "M4", "M5", "M6")
@@ -151,9 +159,9 @@ def draw_subject(
     from scanet_node.synth.vessels import subject_tree
 
     years = max(0.0, age - 40.0)
-    size = rng.normal(1.0 if sex == "M" else 0.965, 0.035)
+    size = rng.normal(HEAD_SCALE_MEN if sex == "M" else HEAD_SCALE_MEN * 0.965, 0.035)
     shape = rng.normal(0.0, 0.025, 3)
-    scale = tuple(float(np.clip(size * (1.0 + s), 0.86, 1.14)) for s in shape)
+    scale = tuple(float(np.clip(size * (1.0 + s), *HEAD_SCALE_RANGE)) for s in shape)
     gm_hu = float(np.clip(rng.normal(HU_GM, 1.2), 34.0, 42.0))
     wm_hu = float(gm_hu - np.clip(rng.normal(HU_GM - HU_WM, 1.0), 8.0, 14.0))
     subject = Subject(
@@ -161,7 +169,7 @@ def draw_subject(
         sex=sex,
         scale=(scale[0], scale[1], scale[2]),
         deformation_mm=float(rng.uniform(1.5, 2.5)),
-        skull_mm=float(np.clip(rng.normal(0.3, 0.9), -1.2, 2.5)),
+        skull_mm=float(np.clip(rng.normal(0.5, 0.7), -0.5, 2.0)),
         atrophy_mm=float((0.4 + 0.035 * years) * rng.uniform(0.6, 1.4)),
         ventricle_mm=float(0.045 * years * rng.uniform(0.5, 1.4)),
         gm_hu=gm_hu,

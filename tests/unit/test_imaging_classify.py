@@ -351,7 +351,8 @@ def test_facts_from_an_enhanced_header() -> None:
 
 
 def phantom_head(vessels: bool, width_mm: float = 180.0, skull: bool = True) -> Volume:
-    """An ellipsoidal head on a 1 mm grid: skin, a 6 mm skull, brain, optionally bright tubes."""
+    """An ellipsoidal head on a 1 mm grid: skin, a 6 mm skull, brain, optionally bright tubes
+    (about 1 % of the intracranial space, as the synthetic CTAs with cortical arteries)."""
     shape = (120, 240, 240) if width_mm < 240 else (60, 400, 400)
     k, r, c = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
     centre = [(n - 1) / 2 for n in shape]
@@ -364,10 +365,11 @@ def phantom_head(vessels: bool, width_mm: float = 180.0, skull: bool = True) -> 
     thickness = 6.0 / min(semi[1:])
     if skull:
         hu[(radius < 1.0 - 0.02) & (radius >= 1.0 - 0.02 - thickness)] = 1200.0
-    if vessels:
-        tube = ((r - centre[1]) ** 2 + (c - centre[2]) ** 2 < 4.0) | (
-            (k - centre[0]) ** 2 + (r - centre[1] - 20) ** 2 < 4.0
-        )
+    if vessels:  # a CTA's many arteries: 25 tubes running head to feet, one across
+        tube = (k - centre[0]) ** 2 + (r - centre[1] - 20) ** 2 < 4.0
+        for dr in range(-40, 41, 20):
+            for dc in range(-40, 41, 20):
+                tube |= (r - centre[1] - dr) ** 2 + (c - centre[2] - dc) ** 2 < 4.0
         hu[tube & (radius < 0.8)] = 350.0
     return Volume(hu=hu, affine=np.eye(4), spacing=(1.0, 1.0, 1.0), series_instance_uid="1.2")
 

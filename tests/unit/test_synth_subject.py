@@ -51,9 +51,9 @@ def test_the_same_stream_draws_the_same_patient_and_others_differ() -> None:
     assert _subject(5) != _subject(6)
     patients = [_subject(seed) for seed in range(40)]
     scales = np.array([p.scale for p in patients])
-    assert scales.min() >= 0.86 and scales.max() <= 1.14
+    assert scales.min() >= 0.8 and scales.max() <= 1.0
     assert scales.std() > 0.02  # heads differ in size and shape
-    assert all(-1.2 <= p.skull_mm <= 2.5 for p in patients)
+    assert all(-0.5 <= p.skull_mm <= 2.0 for p in patients)
     assert all(34.0 <= p.gm_hu <= 42.0 and 8.0 <= p.gm_hu - p.wm_hu <= 14.0 for p in patients)
 
 
