@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -345,28 +345,33 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from scanet_node.synth.cohort import generate_cohort
     from scanet_node.synth.render import render_study
 
-    if args.template_space:
-        from scanet_node.synth.direct import generate_template_cohort
+    if args.template_space and args.prepared:
+        print("--template-space and --prepared exclude each other", file=sys.stderr)
+        return 2
+    generate: Callable[..., Any]
+    if args.prepared:
+        from scanet_node.synth.prepared import generate_prepared_cohort as generate
 
-        with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
-            summary = generate_template_cohort(
-                args.out,
-                args.studies,
-                args.seed,
-                size=args.size,
-                progress=lambda done, _total: bar.update(1),
-            )
+        options = {"size": args.size, "small": args.small, "workers": args.workers}
+    elif args.template_space:
+        from scanet_node.synth.direct import generate_template_cohort as generate
+
+        options = {"size": args.size}
     else:
-        with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
-            summary = generate_cohort(
-                args.out,
-                args.studies,
-                args.seed,
-                small=args.small,
-                variant=args.variant,
-                cta_slice_mm=args.cta_slice_mm,
-                progress=lambda done, _total: bar.update(1),
-            )
+        generate = generate_cohort
+        options = {
+            "small": args.small,
+            "variant": args.variant,
+            "cta_slice_mm": args.cta_slice_mm,
+        }
+    with tqdm(total=args.studies, unit="study", desc="synth", file=sys.stderr) as bar:
+        summary = generate(
+            args.out,
+            args.studies,
+            args.seed,
+            progress=lambda done, _total: bar.update(done - bar.n),
+            **options,
+        )
     if args.render:
         for manifest in summary.manifests:
             render_study(args.out / manifest["case_id"])
@@ -378,6 +383,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     )
     auc = "n/a (one class only)" if summary.oracle_auc is None else f"{summary.oracle_auc:.3f}"
     print(f"  oracle ROC-AUC (true probability vs label): {auc}")
+    if args.prepared:
+        from scanet_node.synth.prepared import excluded_cases
+
+        left_out = excluded_cases(args.out)
+        print(f"  not prepared: {len(left_out)} (reasons in {args.out / 'excluded.csv'})")
     print("  SYNTHETIC DATA: not from any patient; not for clinical use.")
     return 0
 
@@ -666,7 +676,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write only the model inputs (inputs/<case>.npz) made straight from the phantom",
     )
     synth.add_argument(
-        "--size", type=int, default=224, help="in-plane size of --template-space inputs"
+        "--prepared",
+        action="store_true",
+        help="write each study's input as the node makes it (DICOM through prepare), "
+        "in parallel, resumable; the DICOM is not kept",
+    )
+    synth.add_argument(
+        "--size", type=int, default=224, help="in-plane size of --template-space/--prepared inputs"
+    )
+    synth.add_argument(
+        "--workers", type=int, help="processes for --prepared (default: one per core)"
     )
     synth.set_defaults(func=_cmd_synth)
 

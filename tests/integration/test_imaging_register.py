@@ -371,6 +371,7 @@ def test_full_size_study_registers_within_the_limits(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 20 studies written and registered: ~4 minutes on 2 cores
 def test_clot_position_accuracy_over_20_studies(tmp_path: Path) -> None:
     """Clot position after affine registration of 20 patients who differ.
 
