@@ -165,9 +165,9 @@ COMMISSURES_MNI = {
 
 def _landmarks_mni(occlusion: Any) -> dict[str, npt.NDArray[np.float64]]:
     from scanet_node.synth.subject import ventricle_tops
-    from scanet_node.synth.vessels import segment_by_name, tree_landmarks
+    from scanet_node.synth.vessels import tree_landmarks, vessel_tree
 
-    tree = occlusion.tree or tuple(segment_by_name().values())
+    tree = occlusion.tree or vessel_tree()
     by_name = {s.name: s for s in tree}
     other = "R" if occlusion.side == "L" else "L"
     patent = by_name[f"{other}_M1"].points

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -254,11 +254,6 @@ class _AnatomyGrid:
         return np.ascontiguousarray(out, dtype=np.float32).ravel()
 
 
-def _read_only(points: FloatArray) -> FloatArray:
-    points.setflags(write=False)
-    return points
-
-
 def _lerp(a: Float32Array, b: Float32Array, t: Float32Array) -> Float32Array:
     return np.asarray(a + (b - a) * t, dtype=np.float32)
 
@@ -299,7 +294,6 @@ class Phantom:
         self._occlusion = occlusion
         self._contrast_hu = float(contrast_hu)
         self._seed = seed
-        self._subject = subject
         self._built: SubjectAnatomy | None = None
         if subject is None:
             self._anatomy: Anatomy = load_anatomy()
@@ -313,9 +307,10 @@ class Phantom:
             atlas_tree = subject.tree or tuple(vessel_tree())
             # One call for all centrelines: the inverse warp iterates, per call.
             moved = self._built.from_atlas(np.vstack([seg.points for seg in atlas_tree]))
+            moved.setflags(write=False)  # and so each segment's view of it
             ends = np.cumsum([len(seg.points) for seg in atlas_tree])[:-1]
             head_tree = [
-                replace(seg, points=_read_only(points))
+                replace(seg, points=points)
                 for seg, points in zip(atlas_tree, np.split(moved, ends), strict=True)
             ]
             self._geometry = _rasterise(head_tree, atlas_tree)
@@ -329,11 +324,6 @@ class Phantom:
         }
 
     @property
-    def subject(self) -> Subject | None:
-        """The patient, None for the atlas head."""
-        return self._subject
-
-    @property
     def head_affine(self) -> FloatArray:
         """4x4 atlas MNI mm -> this head's mm, its best affine (identity for the atlas head)."""
         if self._built is None:
@@ -345,12 +335,6 @@ class Phantom:
         if self._built is None:
             return np.asarray(points_mni, dtype=np.float64)
         return self._built.from_atlas(points_mni)
-
-    def to_atlas(self, points_head: npt.ArrayLike) -> FloatArray:
-        """Atlas MNI mm of points ``(..., 3)`` of this head (inverse of :meth:`to_head`)."""
-        if self._built is None:
-            return np.asarray(points_head, dtype=np.float64)
-        return self._built.to_atlas(points_head)
 
     @property
     def occlusion(self) -> Occlusion | None:
@@ -491,7 +475,7 @@ def _vessel_hu(
         distal_names = occlusion.distal_segments
         if collateral_fill is None:
             collateral_fill = DEFAULT_FILL_BY_GRADE[occlusion.collateral_grade]
-        filling = _cortical_filling(geo, occlusion, distal_names, collateral_fill)
+        depths, threshold = _cortical_depths(geo, occlusion, distal_names, collateral_fill)
         # The samples of each segment, found once (a tree has thousands of segments).
         order = np.argsort(geo.segment, kind="stable")
         starts = np.searchsorted(geo.segment[order], np.arange(len(geo.names) + 1))
@@ -508,10 +492,12 @@ def _vessel_hu(
                 clot[sel] = c
                 distal[sel] = d
                 patent[sel] = 1.0 - c - d
-            elif index in filling:
+            elif index in depths:
+                arc, depth = depths[index]
+                d = np.interp(geo.arc_mm[sel], arc, depth)
                 patent[sel] = 0.0
                 is_cortical[sel] = True
-                cortical[sel] = filling[index](geo.arc_mm[sel])
+                cortical[sel] = np.clip((d - threshold) / FILL_EDGE_MM + 0.5, 0.0, 1.0)
             else:
                 patent[sel] = 0.0
                 distal[sel] = 1.0
@@ -523,38 +509,27 @@ def _vessel_hu(
     return ncct.astype(np.float32), cta.astype(np.float32)
 
 
-def _cortical_filling(
+def _cortical_depths(
     geo: _VesselGeometry,
     occlusion: Occlusion,
     distal_names: frozenset[str],
     fill: float,
-) -> dict[int, Callable[[Float32Array], Float32Array]]:
-    """Per distal cortical segment: arc length -> filled (0..1), the Tan score's share."""
+) -> tuple[dict[int, tuple[FloatArray, FloatArray]], float]:
+    """Distal cortical segments' arc lengths and distances from the M1 bifurcation, by segment
+    index, and the distance beyond which they fill: the outermost ``fill`` share of them."""
     by_name = {seg.name: seg for seg in geo.segments}
     origin = by_name[f"{occlusion.side}_M1"].points[-1]
-    depths: dict[int, tuple[FloatArray, FloatArray]] = {}
-    for index, seg in enumerate(geo.segments):
-        if seg.kind in CORTICAL_KINDS and seg.name in distal_names:
-            depths[index] = (seg.arc_length(), np.linalg.norm(seg.points - origin, axis=1))
-    if not depths:
-        return {}
-    every = np.concatenate([d for _, d in depths.values()])
-    if fill >= 1.0:
-        threshold = -np.inf
-    elif fill <= 0.0:
-        threshold = np.inf
-    else:
-        threshold = float(np.quantile(every, 1.0 - fill))
-
-    def filled(arc: FloatArray, depth: FloatArray) -> Callable[[Float32Array], Float32Array]:
-        def at(s: Float32Array) -> Float32Array:
-            d = np.interp(s, arc, depth)
-            edge = np.clip((d - threshold) / FILL_EDGE_MM + 0.5, 0.0, 1.0)
-            return np.asarray(edge, dtype=np.float32)
-
-        return at
-
-    return {index: filled(arc, depth) for index, (arc, depth) in depths.items()}
+    depths = {
+        index: (seg.arc_length(), np.linalg.norm(seg.points - origin, axis=1))
+        for index, seg in enumerate(geo.segments)
+        if seg.kind in CORTICAL_KINDS and seg.name in distal_names
+    }
+    if fill >= 1.0 or not depths:
+        return depths, -np.inf
+    if fill <= 0.0:
+        return depths, np.inf
+    every = np.concatenate([depth for _, depth in depths.values()])
+    return depths, float(np.quantile(every, 1.0 - fill))
 
 
 __all__ = ["PHASES", "Occlusion", "Phantom", "Segment"]

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -122,7 +121,7 @@ def generate_prepared_cohort(
     return finish_cohort(summary, kept, [*_LABEL_COLUMNS, "clot_slab"], rows, started)
 
 
-def excluded_cases(out_dir: Path) -> dict[str, Any]:
+def excluded_cases(out_dir: Path) -> dict[str, str]:
     """The studies of a prepared cohort that could not be prepared, with their reasons."""
     path = out_dir / "excluded.csv"
     if not path.is_file():

@@ -26,6 +26,7 @@ linear), and men's heads are about 3.5 % larger than women's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -195,15 +196,13 @@ def draw_subject(
         regions = tuple(order[i] for i in sorted(int(p) for p in picked))
         severity = float(rng.uniform(0.6, 1.3)) if regions else 0.0
         fill = float(rng.uniform(*_FILL_BY_GRADE[collateral_grade]))
-    return Subject(
-        **{
-            **subject.__dict__,
-            "ischemia_side": side if regions else None,
-            "ischemia_regions": regions,
-            "ischemia_severity": severity,
-            "collateral_fill": fill,
-            "tree": tree,
-        }
+    return dataclasses.replace(
+        subject,
+        ischemia_side=side if regions else None,
+        ischemia_regions=regions,
+        ischemia_severity=severity,
+        collateral_fill=fill,
+        tree=tree,
     )
 
 

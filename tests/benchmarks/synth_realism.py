@@ -54,7 +54,6 @@ BEFORE_LENGTH_VOXELS = 14
 
 
 def _plan(base: StudyPlan, **features: Any) -> StudyPlan:
-    subject_of.cache_clear()
     return dataclasses.replace(base, features=dataclasses.replace(base.features, **features))
 
 
