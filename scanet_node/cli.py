@@ -356,7 +356,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     elif args.template_space:
         from scanet_node.synth.direct import generate_template_cohort as generate
 
-        options = {"size": args.size}
+        options = {"size": args.size, "workers": args.workers}
     else:
         generate = generate_cohort
         options = {
@@ -425,7 +425,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _train_settings(args: argparse.Namespace) -> Any:
-    from scanet_node.model.train import TrainSettings
+    from scanet_node.model.train import RESNET_DEPTHS, TrainSettings
 
     return TrainSettings(
         epochs=args.epochs,
@@ -441,6 +441,11 @@ def _train_settings(args: argparse.Namespace) -> Any:
         threads=args.threads,
         subtract_mean=args.subtract_mean,
         standardize=args.standardize,
+        layers=RESNET_DEPTHS[args.depth],
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        soft_targets=args.soft_targets,
+        slab_weight=args.slab_weight,
     )
 
 
@@ -685,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=224, help="in-plane size of --template-space/--prepared inputs"
     )
     synth.add_argument(
-        "--workers", type=int, help="processes for --prepared (default: one per core)"
+        "--workers",
+        type=int,
+        help="processes for --prepared and --template-space (default: one per core)",
     )
     synth.set_defaults(func=_cmd_synth)
 
@@ -714,6 +721,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the networks standardise each input voxel by the training inputs' mean and SD "
         "(stored with the weights; what made SCANet learn the synthetic cohort)",
+    )
+    train.add_argument(
+        "--depth",
+        type=int,
+        choices=(18, 34),
+        default=34,
+        help="ResNet depth of the branches: 34 (the paper's, default) or 18 (for CPUs) [ours]",
+    )
+    train.add_argument(
+        "--optimizer", choices=("adam", "adamw"), default="adam", help="default adam (the paper's)"
+    )
+    train.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate: constant (default) or a half cosine to 0 over --epochs [ours]",
+    )
+    train.add_argument(
+        "--soft-targets",
+        action="store_true",
+        help="train towards labels.csv's true probability (synthetic cohorts) [ours]",
+    )
+    train.add_argument(
+        "--slab-weight",
+        type=float,
+        default=0.0,
+        help="weight of the slice attention's pull towards labels.csv's clot_slab (default 0) "
+        "[ours]",
     )
     train.add_argument(
         "--baselines",

@@ -166,6 +166,25 @@ class ModelInput:
         ijk = np.linalg.solve(self.ncct_affine[:3, :3], lps - self.ncct_affine[:3, 3])
         return int(np.clip(round(float(ijk[2])), 0, self.ncct_shape[0] - 1))
 
+    def attention_point(
+        self, attention: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], int]:
+        """Where a ``(26, S, S)`` attention volume peaks inside the head: NCCT patient LPS mm.
+
+        The peak is taken only where the model saw the head (the input is zero outside the
+        intracranial mask), at the voxel's centre in template space, and mapped through the
+        inverse registration into the NCCT's frame of reference. Returns the point and its slab
+        (0..25, inferior to superior).
+        """
+        if attention.shape != self.tensor.shape[1:]:
+            raise ValueError(f"expected a {self.tensor.shape[1:]} map, got {attention.shape}")
+        inside = (self.tensor > 0).any(axis=0)
+        masked = np.where(inside, attention, -np.inf) if inside.any() else attention
+        slab, row, col = np.unravel_index(int(np.argmax(masked)), masked.shape)
+        mni = self.grid.index_to_mni(np.array([[col, row, slab]], dtype=np.float64))
+        lps = np.asarray(self.registration.mni_to_patient(mni, "ncct"), dtype=np.float64)[0]
+        return lps, int(slab)
+
     def metadata(self) -> dict[str, Any]:
         """JSON-able description of the input (no arrays)."""
         return {

@@ -97,7 +97,10 @@ def cross_validate(
                     cohort.inputs[es_idx],
                     cohort.labels[es_idx],
                     settings,
+                    train_soft=cohort.probabilities[fit_idx],
+                    train_slabs=cohort.clot_slabs[fit_idx],
                     state_path=out_dir / f"state-fold{k}-{method}.pt",
+                    curve_path=out_dir / f"curve-fold{k}-{method}.csv",
                     desc=f"fold {k + 1}/{len(folds)} {method}",
                     progress=progress,
                 )
@@ -370,7 +373,10 @@ def train_final(
         cohort.inputs[inner_val],
         cohort.labels[inner_val],
         settings,
+        train_soft=cohort.probabilities[inner_train],
+        train_slabs=cohort.clot_slabs[inner_train],
         state_path=out_path.with_name(f"state-final-{kind}.pt"),
+        curve_path=out_path.with_name(f"curve-{kind}.csv"),
         desc=f"final {kind}",
         progress=progress,
     )

@@ -362,3 +362,19 @@ def loss_fn(output: Output, target: Tensor, aux_weight: float = 0.25) -> Tensor:
             output.aux.float(), aux_target
         )
     return loss
+
+
+def slab_loss(output: Output, slabs: Tensor, reach: int = 1) -> Tensor:
+    """``-log`` of the slice-softmax mass within ``reach`` slabs of the clot's slab [ours].
+
+    Rows whose slab is unknown (-1) are left out; 0 when no row has one. It teaches the slice
+    attention where the evidence is, which SCANet does not find alone on a small cohort.
+    """
+    known = slabs >= 0
+    if not bool(known.any()):
+        return output.slice_weights.new_zeros(())
+    weights = output.slice_weights[known].float()
+    index = torch.arange(weights.shape[1], device=weights.device)
+    near = (index[None, :] - slabs[known][:, None]).abs() <= reach
+    mass = (weights * near).sum(dim=1)
+    return -torch.log(mass.clamp_min(1e-6)).mean()

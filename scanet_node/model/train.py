@@ -10,10 +10,12 @@ random state), so an interrupted run continues where it stopped when started aga
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,15 +29,20 @@ from torch import nn
 from scanet_node.model.device import autocast, pick_device
 from scanet_node.model.metrics import roc_auc
 from scanet_node.model.network import (
+    RESNET34_LAYERS,
     Architecture,
     Output,
     build,
     loss_fn,
     set_input_mean,
     set_input_scale,
+    slab_loss,
 )
 
 logger = logging.getLogger(__name__)
+
+#: Blocks per ResNet stage of the branches, by depth (``scanet-node train --depth``).
+RESNET_DEPTHS: dict[int, tuple[int, ...]] = {18: (2, 2, 2, 2), 34: RESNET34_LAYERS}
 
 
 @dataclass(frozen=True)
@@ -57,17 +64,38 @@ class TrainSettings:
     threads: int = 0  # CPU threads, 0 = torch's default
     subtract_mean: bool = False  # the networks subtract the training inputs' mean [ours]
     standardize: bool = False  # ... and divide by their per-voxel SD [ours]
+    layers: tuple[int, ...] = RESNET34_LAYERS  # (2, 2, 2, 2): ResNet18 depth [ours, for CPUs]
+    optimizer: str = "adam"  # "adam" (the paper's) or "adamw" [ours]
+    schedule: str = "constant"  # "constant" or "cosine" (to zero over ``epochs``) [ours]
+    #: Train towards the generator's true probability where labels.csv has one (synthetic
+    #: cohorts) instead of the drawn label [ours]; evaluation is always against drawn labels.
+    soft_targets: bool = False
+    #: Weight of -log(slice-softmax mass within one slab of the clot) where labels.csv has
+    #: ``clot_slab`` [ours]; 0 leaves the slice attention unsupervised, as the paper.
+    slab_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
 
     def architecture(self, kind: str, size: int) -> Architecture:
         """The network these settings train."""
         return Architecture(
-            kind=kind, size=size, subtract_mean=self.subtract_mean, standardize=self.standardize
+            kind=kind,
+            size=size,
+            layers=self.layers,
+            subtract_mean=self.subtract_mean,
+            standardize=self.standardize,
         )
 
     def key(self) -> str:
-        """What must match for a saved state to be resumed (more epochs or patience may differ)."""
+        """What must match for a saved state to be resumed (patience, threads, and the number of
+        epochs of a constant learning rate, may differ)."""
         values = asdict(self)
-        for free in ("epochs", "patience", "threads"):
+        for free in ("patience", "threads", *(("epochs",) if self.schedule == "constant" else ())):
             values.pop(free)
         return json.dumps(values, sort_keys=True)
 
@@ -172,11 +200,20 @@ def fit(
     val_y: npt.NDArray[np.integer],
     settings: TrainSettings,
     *,
+    train_soft: npt.NDArray[np.floating] | None = None,
+    train_slabs: npt.NDArray[np.integer] | None = None,
     state_path: Path | None = None,
+    curve_path: Path | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> FitResult:
-    """Train one network with early stopping on validation AUC; resumable from ``state_path``."""
+    """Train one network with early stopping on validation AUC; resumable from ``state_path``.
+
+    ``train_soft`` (the true probability, NaN where unknown) is the target instead of the label
+    when ``settings.soft_targets``; ``train_slabs`` (-1 where unknown) feeds the slab term when
+    ``settings.slab_weight``. The learning curve (loss, validation AUC, seconds and learning rate
+    per epoch) is rewritten to ``curve_path`` (CSV) after every epoch.
+    """
     from tqdm import tqdm
 
     device = pick_device(settings.device)
@@ -195,7 +232,8 @@ def fit(
         set_input_mean(model, torch.as_tensor(mean)[None])
         std = np.sqrt(np.maximum(squares / len(train_x) - mean**2, 0.0))
         set_input_scale(model, torch.as_tensor(std))
-    optimiser = torch.optim.Adam(
+    optimiser_type = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    optimiser = optimiser_type(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     generator = torch.Generator().manual_seed(settings.seed)
@@ -220,11 +258,20 @@ def fit(
             )
         else:
             logger.warning("%s: %s was made with other settings; starting afresh", desc, state_path)
-    y_train = torch.as_tensor(np.asarray(train_y), dtype=torch.float32)
+    y_train = torch.as_tensor(training_targets(train_y, train_soft, settings), dtype=torch.float32)
+    slabs = torch.as_tensor(
+        np.full(len(train_y), -1) if train_slabs is None else np.asarray(train_slabs),
+        dtype=torch.long,
+    )
+    use_slabs = settings.slab_weight > 0 and arch.kind == "scanet" and bool((slabs >= 0).any())
     epoch = start_epoch - 1
     for epoch in range(start_epoch, settings.epochs):
         if epoch - best_epoch > settings.patience and best_epoch >= 0:
             break
+        lr = learning_rate(settings, epoch)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
         model.train()
         total, seen = 0.0, 0
         batches = list(_batches(len(train_x), settings.batch_size, generator))
@@ -245,6 +292,8 @@ def fit(
             with autocast(device, settings.cpu_bf16):
                 out = model(x.to(device))
             loss = loss_fn(out, y_train[index].to(device), settings.aux_weight)
+            if use_slabs:
+                loss = loss + settings.slab_weight * slab_loss(out, slabs[index].to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
@@ -253,15 +302,26 @@ def fit(
             bar.set_postfix(loss=f"{total / seen:.4f}")
         val = predict(model, val_x, device=device, cpu_bf16=settings.cpu_bf16)
         auc = roc_auc(val.probabilities, val_y) if 0 < np.sum(val_y) < len(val_y) else float("nan")
-        history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "val_auc": auc})
+        seconds = time.perf_counter() - started
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total / max(seen, 1),
+                "val_auc": auc,
+                "seconds": round(seconds, 1),
+                "lr": lr,
+            }
+        )
         if auc > best_auc:
             best_auc, best_epoch = auc, epoch
             best_state = copy.deepcopy(model.state_dict())
         line = (
             f"{desc} epoch {epoch + 1}: loss {total / max(seen, 1):.4f}, val AUC {auc:.3f} "
-            f"(best {best_auc:.3f} at epoch {best_epoch + 1})"
+            f"(best {best_auc:.3f} at epoch {best_epoch + 1}), {seconds:.0f} s"
         )
         (tqdm.write if progress else logger.info)(line)
+        if curve_path is not None:
+            write_curve(curve_path, history)
         if state_path is not None:
             _save_state(
                 state_path,
@@ -281,6 +341,36 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model, float(best_auc), best_epoch + 1, epoch + 1, history)
+
+
+def training_targets(
+    labels: npt.ArrayLike, soft: npt.ArrayLike | None, settings: TrainSettings
+) -> npt.NDArray[np.float64]:
+    """The targets of training: the labels, or the true probabilities where known and asked for."""
+    y = np.asarray(labels, dtype=np.float64)
+    if not settings.soft_targets or soft is None:
+        return y
+    p = np.asarray(soft, dtype=np.float64)
+    return np.where(np.isfinite(p), p, y)
+
+
+def learning_rate(settings: TrainSettings, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): constant, or a half cosine to 0 over the run."""
+    if settings.schedule == "constant":
+        return settings.lr
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(settings.epochs, 1)))
+
+
+def write_curve(path: Path, history: list[dict[str, float]]) -> None:
+    """The learning curve as CSV, one row per epoch (replaced atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    columns = ["epoch", "loss", "val_auc", "seconds", "lr"]
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
 
 
 def inner_split(

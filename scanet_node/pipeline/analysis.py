@@ -228,6 +228,9 @@ def analyse(
             shown = overlays(
                 model_input, prediction, headers["ncct"], settings.results.overlay_slices
             )
+            point, point_slab = model_input.attention_point(
+                prediction.attention_volume(predictor.input_size)
+            )
             timings["overlay"] = time.perf_counter() - tic
             result = AnalysisResult(
                 status="analysed",
@@ -236,6 +239,8 @@ def analyse(
                 positive=prediction.positive,
                 slice_weights=[float(w) for w in prediction.slice_weights],
                 overlays=shown,
+                attention_point=(float(point[0]), float(point[1]), float(point[2])),
+                attention_slab=point_slab,
                 qc=dict(model_input.qc),
             )
         finally:

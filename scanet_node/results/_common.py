@@ -203,13 +203,25 @@ def _check_analysed(study: StudyRefs, result: AnalysisResult) -> None:
         if not (math.isfinite(overlay.slice_weight) and 0 <= overlay.slice_weight <= 1):
             raise ResultsError(f"{name}.slice_weight {overlay.slice_weight} is not in [0, 1]")
         _check_spacing(src, name)
+    if (result.attention_point is None) != (result.attention_slab is None):
+        raise ResultsError("result.attention_point and attention_slab go together")
+    if result.attention_point is not None:
+        point = np.asarray(result.attention_point, dtype=np.float64)
+        if point.shape != (3,) or not np.all(np.isfinite(point)):
+            raise ResultsError(f"result.attention_point {result.attention_point!r} is not x, y, z")
+        if not 0 <= int(result.attention_slab or 0) < SLABS:
+            raise ResultsError(f"result.attention_slab {result.attention_slab} is not in 0..25")
+        if not str(study.ncct[0].get("FrameOfReferenceUID", "")):
+            raise ResultsError("the NCCT has no Frame of Reference UID for the attention point")
 
 
 def _check_not_analysable(result: AnalysisResult) -> None:
     if result.probability is not None or result.positive is not None:
         raise ResultsError("a not_analysable result has no probability and no class")
-    if result.overlays or result.slice_weights:
-        raise ResultsError("a not_analysable result has no overlays and no slice weights")
+    if result.overlays or result.slice_weights or result.attention_point is not None:
+        raise ResultsError(
+            "a not_analysable result has no overlays, slice weights or attention point"
+        )
     if result.reason is None or not _REASON.fullmatch(result.reason):
         raise ResultsError(f"result.reason {result.reason!r} is not a reason code ([a-z0-9_])")
     if not result.detail or not result.detail.strip():

@@ -49,6 +49,13 @@ RESEARCH_USE_STATEMENT = _code("SCN-007", "Research use statement")
 #: Text item: the sentence behind a refusal, for people.
 NOT_ANALYSABLE_DETAIL = _code("SCN-008", "Reason not analysable, detail")
 
+#: Finding type of the planar ROI group (TID 1410) that holds the point of highest attention.
+HIGHEST_ATTENTION = _code("SCN-009", "Region of highest model attention")
+#: Measurement in that group: the 5 mm template slab of the point (1 = most inferior, 26).
+ATTENTION_SLAB = _code("SCN-010", "Template slab of highest attention")
+#: Measurement in that group: the slab's share of the slice attention (percent).
+ATTENTION_SLAB_WEIGHT = _code("SCN-011", "Slice attention weight of the slab")
+
 #: Values of :data:`REASON_NOT_ANALYSABLE`, by the reason codes of ``imaging.qc.REASONS`` and of
 #: the pipeline. A reason without an entry is reported as :data:`REASON_OTHER` (the detail
 #: text still names it).

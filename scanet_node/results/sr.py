@@ -10,7 +10,7 @@ Evaluations" container for the free-text statements, in a Comprehensive 3D SR in
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRACKING_IDENTIFIER = "SCANet recanalization prediction"
+ATTENTION_TRACKING_IDENTIFIER = "SCANet highest attention"
 #: UID of the device observer: one device, so one UID on every report (PS3.16 TID 1004).
 DEVICE_OBSERVER_UID = _common.uid("scanet-node", "device-observer")
 
@@ -145,10 +146,13 @@ def build_sr(
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources]
         or None,
     )
+    groups: list[Any] = [group]
+    if result.attention_point is not None:
+        groups.append(_attention_group(study, result, seed, algorithm_id))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=dcm.LN.HeadCT,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
     report[0].ContentSequence.append(_text_evaluations(texts))
     target = _common.header(study.target)
@@ -180,6 +184,50 @@ def build_sr(
         extra={"study_uid": sr.StudyInstanceUID},
     )
     return sr
+
+
+def _attention_group(
+    study: StudyRefs, result: AnalysisResult, seed: str, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 with a SCOORD3D POINT: where the model looked most, for a viewer to jump to.
+
+    The point is in the patient coordinates of the NCCT's frame of reference (mapped back from
+    the template through the inverse registration); the measurements are its template slab
+    (1..26, inferior to superior) and that slab's share of the slice attention.
+    """
+    import highdicom as hd
+    import numpy as np
+    from pydicom.sr.codedict import codes as dcm
+
+    assert result.attention_point is not None and result.attention_slab is not None
+    slab = int(result.attention_slab)
+    weight = result.slice_weights[slab] if len(result.slice_weights) > slab else 0.0
+    region = hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.array([result.attention_point], dtype=np.float64),
+        frame_of_reference_uid=str(study.ncct[0].FrameOfReferenceUID),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_common.uid(seed, "sr", "attention"), identifier=ATTENTION_TRACKING_IDENTIFIER
+        ),
+        referenced_region=region,
+        finding_type=codes.HIGHEST_ATTENTION,
+        algorithm_id=algorithm_id,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=dcm.SCT.Brain)],
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.ATTENTION_SLAB,
+                value=slab + 1,
+                unit=hd.sr.CodedConcept("{slab}", "UCUM", "slab"),
+            ),
+            hd.sr.Measurement(
+                name=codes.ATTENTION_SLAB_WEIGHT,
+                value=_common.percent(float(weight)),
+                unit=dcm.UCUM.Percent,
+            ),
+        ],
+    )
 
 
 def _text_evaluations(texts: list[tuple[Code, str]]) -> hd.sr.ContainerContentItem:

@@ -76,6 +76,10 @@ class AnalysisResult:
     positive: bool | None = None  # probability >= algorithm.threshold
     slice_weights: list[float] = field(default_factory=list)  # 26, inferior to superior
     overlays: list[OverlaySlice] = field(default_factory=list)  # most weighted first
+    #: The point of highest attention, NCCT patient coordinates (LPS mm, in the NCCT's frame
+    #: of reference), and the slab it lies in (0..25); None when not analysed.
+    attention_point: tuple[float, float, float] | None = None
+    attention_slab: int | None = None
     reason: str | None = None  # not analysable: a short code (no_cta, cta_missing, ...)
     detail: str | None = None  # ... and the sentence behind it
     qc: dict[str, Any] = field(default_factory=dict)  # named QC values (all passed)

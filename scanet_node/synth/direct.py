@@ -138,34 +138,67 @@ def template_input(
     return tensor
 
 
+def _write_template_study(job: tuple[Path, StudyPlan, int]) -> int:
+    """Write one study's template-space input; return its clot slab."""
+    out_dir, plan, size = job
+    target = out_dir / "inputs" / f"{plan.case_id}.npz"
+    slab = clot_slab(plan)
+    if not target.is_file():
+        tensor = template_input(plan, size)
+        partial = target.with_name(f".{target.stem}.partial.npz")
+        np.savez_compressed(partial, tensor=tensor.astype(np.float16), clot_slab=np.int16(slab))
+        partial.replace(target)
+    return slab
+
+
 def generate_template_cohort(
     out_dir: Path,
     studies: int,
     seed: int,
     *,
     size: int = 224,
+    workers: int | None = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> CohortSummary:
     """Write ``inputs/<case>.npz`` (the model input, float16) and ``labels.csv``; no DICOM.
 
     The cohort's studies are those :func:`~scanet_node.synth.cohort.generate_cohort` writes as
-    DICOM for the same seed; ``labels.csv`` adds the clot's slab for attention checks.
+    DICOM for the same seed; ``labels.csv`` adds the clot's slab for attention checks. Studies
+    are made in ``workers`` processes (``None``: one per core); a study already in ``inputs/``
+    is kept, so an interrupted run resumes. An input of another size is refused.
     """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "inputs").mkdir(exist_ok=True)
     started = time.perf_counter()
     plans = plan_cohort(studies, seed)
+    for plan in plans:
+        existing = out_dir / "inputs" / f"{plan.case_id}.npz"
+        if existing.is_file():
+            with np.load(existing) as npz:
+                if npz["tensor"].shape != (2, 26, size, size):
+                    raise ValueError(
+                        f"{existing} is not of size {size}: "
+                        "write another cohort folder for another size"
+                    )
+            break
     summary = CohortSummary(out_dir, studies, sum(p.label for p in plans), None, 0.0)
+    jobs = [(out_dir, plan, size) for plan in plans]
+    count = workers or os.cpu_count() or 1
     rows = []
-    for number, plan in enumerate(plans, start=1):
-        tensor = template_input(plan, size)
-        slab = clot_slab(plan)
-        np.savez_compressed(
-            out_dir / "inputs" / f"{plan.case_id}.npz",
-            tensor=tensor.astype(np.float16),
-            clot_slab=np.int16(slab),
-        )
-        rows.append([*label_row(plan, ""), slab])
-        if progress is not None:
-            progress(number, studies)
+    if count == 1:
+        slabs = map(_write_template_study, jobs)
+        for number, (plan, slab) in enumerate(zip(plans, slabs, strict=True), start=1):
+            rows.append([*label_row(plan, ""), slab])
+            if progress is not None:
+                progress(number, studies)
+    else:
+        with ProcessPoolExecutor(max_workers=count) as pool:
+            slabs = pool.map(_write_template_study, jobs, chunksize=4)
+            for number, (plan, slab) in enumerate(zip(plans, slabs, strict=True), start=1):
+                rows.append([*label_row(plan, ""), slab])
+                if progress is not None:
+                    progress(number, studies)
     return finish_cohort(summary, plans, [*_LABEL_COLUMNS, "clot_slab"], rows, started)

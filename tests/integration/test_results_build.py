@@ -134,8 +134,13 @@ def analysed(study: StudyRefs, *, attention: np.ndarray | None = None) -> Analys
         positive=True,
         slice_weights=weights,
         overlays=[overlay],
+        attention_point=ATTENTION_POINT,
+        attention_slab=12,
     )
 
+
+#: NCCT patient coordinates (LPS mm) of the highest attention, as the worker maps it back.
+ATTENTION_POINT = (-3.5, 2.25, 61.0)
 
 DETAIL = "no CTA of this patient arrived within 3600 s of the NCCT"
 
@@ -318,6 +323,39 @@ def test_highdicom_reads_the_measurement_group(
     assert predicted.value == dcm.SCT.Yes
 
 
+def test_attention_point_round_trips_through_highdicom(
+    analysed_files: tuple[StudyRefs, list[Path]],
+) -> None:
+    """TID 1410 group: a SCOORD3D POINT in the NCCT's frame of reference, its slab and weight."""
+    import highdicom as hd
+
+    study, paths = analysed_files
+    sr = hd.sr.srread(paths[0])
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    assert group.tracking_identifier == "SCANet highest attention"
+    assert group.finding_type == codes.HIGHEST_ATTENTION
+    region = group.roi
+    assert isinstance(region, hd.sr.Scoord3DContentItem)
+    assert region.graphic_type == hd.sr.GraphicTypeValues3D.POINT
+    assert region.frame_of_reference_uid == study.ncct[0].FrameOfReferenceUID
+    np.testing.assert_allclose(region.value, [ATTENTION_POINT], atol=1e-6)
+    (slab,) = group.get_measurements(name=codes.ATTENTION_SLAB)
+    assert slab.value == 13  # slab index 12, reported 1-based
+    (weight,) = group.get_measurements(name=codes.ATTENTION_SLAB_WEIGHT)
+    assert weight.value == pytest.approx(
+        100 * (1 + 12 / 25) / np.linspace(1, 2, 26).sum(), abs=0.05
+    )
+    # the prediction's own group is still the only image measurement group
+    assert len(sr.content.get_image_measurement_groups()) == 1
+
+
+def test_refused_sr_has_no_attention_point(refused_files: tuple[StudyRefs, list[Path]]) -> None:
+    import highdicom as hd
+
+    sr = hd.sr.srread(refused_files[1][0])
+    assert sr.content.get_planar_roi_measurement_groups() == []
+
+
 def test_not_analysable_sr_says_why(refused_files: tuple[StudyRefs, list[Path]]) -> None:
     import highdicom as hd
 
@@ -451,6 +489,7 @@ def test_dsrdump_reads_the_sr(fixture: str, request: pytest.FixtureRequest) -> N
     assert "SCANet" in dump
     if fixture == "analysed_files":
         assert '"73.4" (%,UCUM,"Percent")' in dump
+        assert "SCOORD3D" in dump and "POINT" in dump and "-3.5/2.25/61" in dump
     else:
         assert "Not analysable" in dump
 
@@ -469,6 +508,9 @@ def _broken(study: StudyRefs, **changes: object) -> AnalysisResult:
         ({"algorithm": dataclasses.replace(algorithm(), checkpoint_sha256="abc")}, "sha256"),
         ({"algorithm": dataclasses.replace(algorithm(), threshold=1.5)}, "threshold"),
         ({"reason": "no_cta"}, "no reason"),
+        ({"attention_slab": None}, "go together"),
+        ({"attention_point": (1.0, float("nan"), 2.0)}, "not x, y, z"),
+        ({"attention_slab": 26}, "not in 0..25"),
     ],
 )
 def test_invalid_results_are_refused(change: dict[str, object], message: str) -> None:

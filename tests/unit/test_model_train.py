@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -14,8 +15,15 @@ from scanet_node.cli import main
 from scanet_node.model.checkpoint import read_card
 from scanet_node.model.data import CohortError, load_cohort
 from scanet_node.model.experiment import cross_validate
-from scanet_node.model.network import STANDARDIZE_EPS, Architecture
-from scanet_node.model.train import TrainSettings, augment, fit
+from scanet_node.model.network import STANDARDIZE_EPS, Architecture, Output, slab_loss
+from scanet_node.model.train import (
+    RESNET_DEPTHS,
+    TrainSettings,
+    augment,
+    fit,
+    learning_rate,
+    training_targets,
+)
 
 SMALL = 32
 
@@ -156,3 +164,60 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert names[1].startswith("ResNet34 (slice-averaged) (resnet34.pt")
     assert result["oracle_auc"] == 1.0
     assert (report / "roc.png").is_file() and (report / "reliability.png").is_file()
+
+
+def test_soft_targets_replace_labels_where_the_probability_is_known() -> None:
+    labels, soft = np.array([1, 0, 1]), np.array([0.8, 0.3, np.nan])
+    assert training_targets(labels, soft, FAST).tolist() == [1.0, 0.0, 1.0]
+    settings = TrainSettings(soft_targets=True)
+    assert training_targets(labels, soft, settings).tolist() == [0.8, 0.3, 1.0]
+
+
+def test_cosine_schedule_falls_from_lr_to_near_zero() -> None:
+    settings = TrainSettings(lr=3e-4, epochs=10, schedule="cosine")
+    rates = [learning_rate(settings, e) for e in range(10)]
+    assert rates[0] == pytest.approx(3e-4)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert rates[-1] < 0.03 * 3e-4
+    assert learning_rate(FAST, 7) == FAST.lr
+    with pytest.raises(ValueError, match="schedule"):
+        TrainSettings(schedule="step")
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainSettings(optimizer="sgd")
+
+
+def test_slab_loss_is_the_negative_log_mass_near_the_clot() -> None:
+    weights = torch.full((2, 26), 1 / 26)
+    out = Output(torch.zeros(2), torch.zeros(2, 0), weights, torch.zeros(2, 26, 0, 0))
+    # three slabs of 26 are within one of slab 8; the unknown row (-1) is left out
+    assert float(slab_loss(out, torch.tensor([8, -1]))) == pytest.approx(-np.log(3 / 26))
+    assert float(slab_loss(out, torch.tensor([0, -1]))) == pytest.approx(-np.log(2 / 26))
+    assert float(slab_loss(out, torch.tensor([-1, -1]))) == 0.0
+    peaked = torch.zeros(1, 26)
+    peaked[0, 9] = 1.0
+    one = Output(torch.zeros(1), torch.zeros(1, 0), peaked, torch.zeros(1, 26, 0, 0))
+    assert float(slab_loss(one, torch.tensor([8]))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_cpu_recipe_trains_with_its_options_and_records_its_curve(tmp_path: Path) -> None:
+    """ResNet18 depth, AdamW, cosine, soft targets and the slab term: a curve row per epoch."""
+    cohort = load_cohort(_tiny_cohort(tmp_path / "c"), SMALL)
+    settings = TrainSettings(
+        epochs=2, batch_size=4, lr=1e-3, folds=0, val_fraction=0.25, layers=RESNET_DEPTHS[18],
+        optimizer="adamw", schedule="cosine", soft_targets=True, slab_weight=0.5,
+        standardize=True, cpu_bf16=True,
+    )  # fmt: skip
+    arch = settings.architecture("scanet", SMALL)
+    assert arch.layers == (2, 2, 2, 2)
+    curve = tmp_path / "curve.csv"
+    result = fit(
+        arch, cohort.inputs[:12], cohort.labels[:12], cohort.inputs[12:], cohort.labels[12:],
+        settings, train_soft=cohort.probabilities[:12], train_slabs=cohort.clot_slabs[:12],
+        curve_path=curve, progress=False,
+    )  # fmt: skip
+    with curve.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["seconds"]) > 0 and np.isfinite(float(r["loss"])) for r in rows)
+    assert float(rows[1]["lr"]) < float(rows[0]["lr"]) == pytest.approx(1e-3)
+    assert len(result.history) == 2
