@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -498,6 +499,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cv_summary=summary,
             data_description=description,
             synthetic=synthetic,
+            command=shlex.join(["scanet-node", *args.argv]),
         )
         print(f"wrote {path} and its card {path.with_suffix('.md')}")
     return 0
@@ -788,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scanet-node`` console script."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for the model card
     try:
         return int(args.func(args))
     except ScanetError as exc:

@@ -102,6 +102,21 @@ def window(hu: npt.NDArray[np.floating], low: float, high: float) -> npt.NDArray
     return np.asarray((np.clip(hu, low, high) - low) / (high - low), dtype=np.float32)
 
 
+def attention_peak_mni(
+    tensor: npt.NDArray[np.floating], attention: npt.NDArray[np.floating]
+) -> tuple[npt.NDArray[np.float64], int]:
+    """MNI mm of the voxel where a ``(26, S, S)`` attention volume peaks inside the head, and
+    its slab. Inside the head is where the input ``tensor`` (``2 x 26 x S x S``) is not zero."""
+    if attention.shape != tensor.shape[1:]:
+        raise ValueError(f"expected a {tensor.shape[1:]} map, got {attention.shape}")
+    inside = (np.asarray(tensor) > 0).any(axis=0)
+    masked = np.where(inside, attention, -np.inf) if inside.any() else attention
+    slab, row, col = np.unravel_index(int(np.argmax(masked)), masked.shape)
+    grid = slab_grid(int(tensor.shape[-1]))
+    mni = grid.index_to_mni(np.array([[col, row, slab]], dtype=np.float64))[0]
+    return np.asarray(mni, dtype=np.float64), int(slab)
+
+
 @dataclass(eq=False)
 class ModelInput:
     """One study, ready for SCANet, with everything needed to explain and map back.
@@ -176,14 +191,9 @@ class ModelInput:
         inverse registration into the NCCT's frame of reference. Returns the point and its slab
         (0..25, inferior to superior).
         """
-        if attention.shape != self.tensor.shape[1:]:
-            raise ValueError(f"expected a {self.tensor.shape[1:]} map, got {attention.shape}")
-        inside = (self.tensor > 0).any(axis=0)
-        masked = np.where(inside, attention, -np.inf) if inside.any() else attention
-        slab, row, col = np.unravel_index(int(np.argmax(masked)), masked.shape)
-        mni = self.grid.index_to_mni(np.array([[col, row, slab]], dtype=np.float64))
-        lps = np.asarray(self.registration.mni_to_patient(mni, "ncct"), dtype=np.float64)[0]
-        return lps, int(slab)
+        mni, slab = attention_peak_mni(self.tensor, attention)
+        lps = np.asarray(self.registration.mni_to_patient(mni[None], "ncct"), dtype=np.float64)
+        return lps[0], slab
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able description of the input (no arrays)."""

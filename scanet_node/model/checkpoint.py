@@ -91,6 +91,8 @@ class ModelCard:
                 "nothing about real patients.**",
                 "",
             ]
+        command = self.training.get("command")
+        held_out = self.metrics.get("held_out", {})
         lines += [
             f"- Intended use: {self.intended_use}",
             f"- Created: {self.created} (scanet-node {self.code_version})",
@@ -98,6 +100,25 @@ class ModelCard:
             f"- Decision threshold: {self.threshold:.4f} (P(mTICI >= 2c) at or above it is "
             "reported as 'recanalization expected')",
             "",
+        ]
+        if command:
+            seconds = self.training.get("seconds")
+            lines += [
+                "## How it was trained",
+                "",
+                "```",
+                str(command),
+                "```",
+                "",
+                f"Training time: {seconds / 60:.0f} min on {self.training.get('machine', '?')}."
+                if isinstance(seconds, (int, float))
+                else "",
+                "Options marked [ours] in `scanet-node train --help` are not the paper's.",
+                "",
+            ]
+        if isinstance(held_out, dict) and held_out.get("table"):
+            lines += ["## Held-out evaluation", "", str(held_out["table"]).strip(), ""]
+        lines += [
             "## Architecture",
             "```json",
             json.dumps(self.architecture, indent=2),
@@ -165,6 +186,22 @@ def save_checkpoint(
         fh.write(buffer.getvalue())
         fh.flush()
         os.fsync(fh.fileno())
+    tmp.replace(path)
+    path.with_suffix(".md").write_text(card.to_markdown())
+    return card
+
+
+def update_card(path: Path, *, metrics: dict[str, Any]) -> ModelCard:
+    """Add ``metrics`` (e.g. a held-out evaluation) to a checkpoint's card; weights unchanged.
+
+    The file is rewritten atomically and its ``.md`` beside it; the weights' SHA-256 stays.
+    """
+    card, state = _read(path)
+    card.metrics = {**card.metrics, **metrics}
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "card": json.dumps(card.as_dict()), "state_dict": state}, buffer)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
     tmp.replace(path)
     path.with_suffix(".md").write_text(card.to_markdown())
     return card

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from scanet_node.model import metrics as mt
 from scanet_node.model.data import Cohort, stratified_folds
@@ -360,11 +362,16 @@ def train_final(
     cv_summary: Mapping[str, Any] | None,
     data_description: str,
     synthetic: bool,
+    command: str = "",
     progress: bool = True,
 ) -> Path:
     """Train ``kind`` on the whole cohort (inner split for early stopping), save it and its card."""
+    import platform
+    import time
+
     from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
 
+    started = time.perf_counter()
     inner_train, inner_val = inner_split(cohort.labels, settings.val_fraction, settings.seed)
     result = fit(
         settings.architecture(kind, cohort.size),
@@ -393,6 +400,13 @@ def train_final(
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "history": result.history,
+            "command": command,
+            # this run's time (a resumed run counts from its restart; the history has each
+            # epoch's seconds)
+            "seconds": round(time.perf_counter() - started, 1),
+            "epoch_seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), "
+            f"torch {torch.__version__}, {settings.threads or torch.get_num_threads()} threads",
         },
         metrics={
             "early_stopping_auc": round(result.best_auc, 4),

@@ -54,6 +54,34 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (len(positives) * len(negatives)))
 
 
+def bootstrap_auc_interval(
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC-AUC (cases resampled with replacement).
+
+    Resamples with one class only are drawn again; the seed makes the interval reproducible.
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels).astype(bool)
+    if y.all() or not y.any():
+        raise ValueError("ROC-AUC needs both classes")
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    while len(values) < resamples:
+        idx = rng.integers(0, len(s), len(s))
+        if y[idx].all() or not y[idx].any():
+            continue
+        values.append(roc_auc(s[idx], y[idx]))
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
 

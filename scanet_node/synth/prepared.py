@@ -4,7 +4,8 @@ Each study is written as DICOM into a temporary folder and prepared by
 :func:`scanet_node.imaging.prepare.prepare` (series choice, brain extraction, ANTs registration,
 resampling and windowing: what the node does to a study from a scanner); what is kept is
 ``inputs/<case>.npz`` (the tensor as float16, the clot's slab, the registration's error at the
-clot and its similarity), and the DICOM is deleted. So training sees what the node sees, at the
+clot and its similarity, the clot's centre in patient coordinates and the registration's
+affine), and the DICOM is deleted. So training sees what the node sees, at the
 cost of preparing each study once (~20-25 s of one core at full size).
 
 Studies are prepared in parallel processes, one per core by default, each with one ITK thread.
@@ -69,6 +70,11 @@ def prepare_study(job: tuple[Path, StudyPlan, int, bool]) -> tuple[str, str | No
             study_instance_uid=np.array(manifest["study_instance_uid"]),
             clot_error_mm=np.float32(error),
             similarity=np.float32(prepared.qc["registration_similarity"]),
+            # where the clot truly is, and the registration's affine, so that an evaluation
+            # can map the model's attention back into the patient as the node does
+            clot_center_patient=np.array(occlusion["clot_center_patient"], dtype=np.float64),
+            ncct_to_mni=np.asarray(prepared.registration.transform.ncct_to_mni, dtype=np.float64),
+            registration_method=np.array(prepared.registration.transform.method),
         )
         partial.replace(target)
     return plan.case_id, None
