@@ -89,3 +89,28 @@ def test_synth_template_space_command(tmp_path: Path, capsys: pytest.CaptureFixt
     header = (out / "labels.csv").read_text().splitlines()[0]
     assert header.startswith("case_id,") and header.endswith(",clot_slab")
     assert "SYNTHETIC DATA" in capsys.readouterr().out
+
+
+def test_standardised_inputs_have_the_same_spread(both: tuple[np.ndarray, np.ndarray, int]) -> None:
+    """What the demo weights see: each input standardised by their training cohort's per-voxel
+    mean and SD (template-space inputs of seed 1, saved with the weights). The shortcut the
+    weights were trained on must give the spread ``prepare`` gives, within 1.2x per channel
+    inside the common mask, or the weights would meet inputs of another scale in the node.
+    """
+    from scanet_node.model.checkpoint import load_checkpoint
+    from scanet_node.model.predictor import DEFAULT_CHECKPOINT
+
+    model, card = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert card.preprocessing["size"] == SIZE
+    buffers = dict(model.named_buffers())
+    mean = buffers["input_mean"].numpy().reshape(2, 26, SIZE, SIZE)
+    scale = buffers["input_scale"].numpy().reshape(2, 26, SIZE, SIZE)
+    direct, prepared, _ = both
+    inside = (direct[0] > 0) & (prepared[0] > 0)
+    for channel, name in enumerate(("NCCT", "CTA")):
+        z_direct = ((direct[channel] - mean[channel]) / scale[channel])[inside]
+        z_prepared = ((prepared[channel] - mean[channel]) / scale[channel])[inside]
+        ratio = float(z_direct.std() / z_prepared.std())
+        print(f"{name}: standardised SD direct {z_direct.std():.3f}, prepare "
+              f"{z_prepared.std():.3f} (ratio {ratio:.2f})")  # fmt: skip
+        assert 1 / 1.2 <= ratio <= 1.2, f"{name}: standardised SD ratio {ratio:.2f}"
