@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
+import pydicom
 from model_samples import untrained_checkpoint
 
 SIZE = 64
@@ -36,7 +39,16 @@ def test_demo_prints_the_probability_the_overlay_and_the_stage_times(tmp_path: P
     assert "delivery     demo-pacs: sent" in out
     assert "SYNTHETIC" in out
     # The local PACS holds the SR and the images.
-    assert len(list((data / "pacs").glob("*.dcm"))) >= 3
+    received = [pydicom.dcmread(p) for p in (data / "pacs").glob("*.dcm")]
+    assert len(received) >= 3
+    # The SR names where the model looked: a point in the NCCT's frame of reference (the
+    # synthetic NCCT and CTA share one frame; the untrained weights may look anywhere inside).
+    (sr,) = [ds for ds in received if ds.Modality == "SR"]
+    content = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    (group,) = content.get_planar_roi_measurement_groups()
+    assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
+    assert group.roi.frame_of_reference_uid.startswith(("1.", "2."))
+    assert np.all(np.isfinite(group.roi.value)) and group.roi.value.shape == (1, 3)
     # A second run replaces the demo's own folder, and refuses a folder it did not write.
     other = tmp_path / "not-a-demo"
     other.mkdir()
