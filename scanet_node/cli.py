@@ -447,6 +447,7 @@ def _train_settings(args: argparse.Namespace) -> Any:
         schedule=args.schedule,
         soft_targets=args.soft_targets,
         slab_weight=args.slab_weight,
+        select=args.select,
     )
 
 
@@ -751,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the slice attention's pull towards labels.csv's clot_slab (default 0) "
         "[ours]",
+    )
+    train.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default="best",
+        help="keep the epoch of the best validation AUC (default) or the last epoch [ours]",
     )
     train.add_argument(
         "--baselines",

@@ -102,7 +102,7 @@ class ModelCard:
             "",
         ]
         if command:
-            seconds = self.training.get("seconds")
+            seconds = self.training.get("epoch_seconds") or self.training.get("seconds")
             lines += [
                 "## How it was trained",
                 "",

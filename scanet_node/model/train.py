@@ -73,8 +73,15 @@ class TrainSettings:
     #: Weight of -log(slice-softmax mass within one slab of the clot) where labels.csv has
     #: ``clot_slab`` [ours]; 0 leaves the slice attention unsupervised, as the paper.
     slab_weight: float = 0.0
+    #: Which weights a run keeps: "best" (the epoch of the highest validation ROC-AUC, the
+    #: paper's early stopping) or "last" (the end of the schedule [ours]: with a cosine
+    #: schedule the last epoch is the settled one, and on a small validation split an early
+    #: epoch can top the AUC by chance).
+    select: str = "best"
 
     def __post_init__(self) -> None:
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', not {self.select!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
@@ -95,7 +102,9 @@ class TrainSettings:
         """What must match for a saved state to be resumed (patience, threads, and the number of
         epochs of a constant learning rate, may differ)."""
         values = asdict(self)
-        for free in ("patience", "threads", *(("epochs",) if self.schedule == "constant" else ())):
+        # which epoch is kept does not change how training goes
+        free_keys = ("patience", "threads", "select")
+        for free in (*free_keys, *(("epochs",) if self.schedule == "constant" else ())):
             values.pop(free)
         return json.dumps(values, sort_keys=True)
 
@@ -338,6 +347,11 @@ def fit(
                     "history": history,
                 },
             )
+    if settings.select == "last" and history:
+        # the model as the last epoch left it (already loaded; a resumed run loaded it)
+        last = history[-1]
+        model.eval()
+        return FitResult(model, float(last["val_auc"]), int(last["epoch"]), epoch + 1, history)
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model, float(best_auc), best_epoch + 1, epoch + 1, history)

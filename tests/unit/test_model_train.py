@@ -205,7 +205,7 @@ def test_the_cpu_recipe_trains_with_its_options_and_records_its_curve(tmp_path: 
     settings = TrainSettings(
         epochs=2, batch_size=4, lr=1e-3, folds=0, val_fraction=0.25, layers=RESNET_DEPTHS[18],
         optimizer="adamw", schedule="cosine", soft_targets=True, slab_weight=0.5,
-        standardize=True, cpu_bf16=True,
+        standardize=True, cpu_bf16=True, select="last",
     )  # fmt: skip
     arch = settings.architecture("scanet", SMALL)
     assert arch.layers == (2, 2, 2, 2)
@@ -221,3 +221,9 @@ def test_the_cpu_recipe_trains_with_its_options_and_records_its_curve(tmp_path: 
     assert all(float(r["seconds"]) > 0 and np.isfinite(float(r["loss"])) for r in rows)
     assert float(rows[1]["lr"]) < float(rows[0]["lr"]) == pytest.approx(1e-3)
     assert len(result.history) == 2
+    assert result.best_epoch == 2  # "last": the end of the schedule, whatever the AUC
+    assert result.best_auc == result.history[-1]["val_auc"] or np.isnan(result.best_auc)
+    with pytest.raises(ValueError, match="select"):
+        TrainSettings(select="first")
+    # which epoch is kept does not change the run: a state saved with "best" resumes as "last"
+    assert TrainSettings(select="best").key() == TrainSettings(select="last").key()
