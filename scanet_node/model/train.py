@@ -109,11 +109,17 @@ class TrainSettings:
         return json.dumps(values, sort_keys=True)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, generator: torch.Generator, *, standardised: bool = False
+) -> torch.Tensor:
     """Left-right flip, in-plane shift up to 1/28 of the size, intensity scale, noise.
 
     Cheap and label-preserving: the occlusion's side is random in the data, a shift of a few
     pixels is within registration error, and the scale and noise within scanner variation.
+    ``x`` is a windowed input (0..1, 0 outside the head: the result stays in 0..1), or with
+    ``standardised`` what a standardising network sees (deviations from the cohort's mean in
+    its SDs: scaled and noised wherever not 0, never clipped, since a bright artery is many
+    SDs above the mean and must reach the network as it will at inference).
     """
     b, c, _, h, _ = x.shape
     out = x.clone()
@@ -125,6 +131,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         out[i] = torch.roll(out[i], shifts=(int(shifts[i, 0]), int(shifts[i, 1])), dims=(-2, -1))
     scale = 1.0 + 0.1 * (torch.rand(b, c, 1, 1, 1, generator=generator) - 0.5)
     noise = 0.01 * torch.randn(out.shape, generator=generator)
+    if standardised:
+        return torch.where(out != 0, out * scale + noise, out)
     inside = out > 0
     return torch.where(inside, (out * scale + noise).clamp(0.0, 1.0), out)
 
@@ -148,7 +156,7 @@ def augment_standardised(
     """
     buffers = dict(model.named_buffers())
     mean, scale = buffers["input_mean"].detach().cpu(), buffers["input_scale"].detach().cpu()
-    z = augment((x - mean) / scale, generator)
+    z = augment((x - mean) / scale, generator, standardised=True)
     return z * scale + mean
 
 

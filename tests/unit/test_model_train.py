@@ -93,6 +93,14 @@ def test_standardised_networks_are_augmented_in_what_they_see() -> None:
     # ... whereas augmenting the raw input would put voxels many SDs off the mean.
     raw = (augment(x, torch.Generator().manual_seed(0)) - anatomy) / (0.01 + STANDARDIZE_EPS)
     assert float(raw.abs().max()) > 1.0
+    # A study far from the mean (a bright artery: 8 SDs) reaches the network as it is, scaled
+    # by the augmentation's +-5 % at most: never clipped to the windowed range's 1.
+    bright = x.clone()
+    bright[:, 1, 10, 10, 10] = anatomy[1, 10, 10, 10] + 8 * (0.01 + STANDARDIZE_EPS)
+    seen = (augment_standardised(bright, model, torch.Generator().manual_seed(0)) - anatomy) / (
+        0.01 + STANDARDIZE_EPS
+    )
+    assert 7.5 <= float(seen[:, 1].amax(dim=(1, 2, 3)).min()) <= 8.5
 
 
 def test_fit_is_resumable_to_the_same_result(tmp_path: Path) -> None:
