@@ -16,6 +16,8 @@ import csv
 import json
 import logging
 import os
+import platform
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -366,9 +368,6 @@ def train_final(
     progress: bool = True,
 ) -> Path:
     """Train ``kind`` on the whole cohort (inner split for early stopping), save it and its card."""
-    import platform
-    import time
-
     from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
 
     started = time.perf_counter()
