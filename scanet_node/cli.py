@@ -448,6 +448,7 @@ def _train_settings(args: argparse.Namespace) -> Any:
         soft_targets=args.soft_targets,
         slab_weight=args.slab_weight,
         select=args.select,
+        misregister_mm=args.misregister_mm,
     )
 
 
@@ -752,6 +753,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the slice attention's pull towards labels.csv's clot_slab (default 0) "
         "[ours]",
+    )
+    train.add_argument(
+        "--misregister-mm",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="move each training study as a registration off by about MM mm would (default 0: "
+        "off; 3 imitates prepare's) [ours]",
     )
     train.add_argument(
         "--select",

@@ -78,6 +78,11 @@ class TrainSettings:
     #: schedule the last epoch is the settled one, and on a small validation split an early
     #: epoch can top the AUC by chance).
     select: str = "best"
+    #: Typical registration error to imitate in training, in mm (0 = off) [ours]: each study
+    #: is moved by a random rigid transform and scaling (translations up to this many mm per
+    #: axis, rotations and scale that move the head's edge as far) and its CTA by a further third
+    #: of it, before standardisation, as ``prepare``'s registration leaves them at inference.
+    misregister_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.select not in ("best", "last"):
@@ -86,6 +91,8 @@ class TrainSettings:
             raise ValueError(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+        if not 0.0 <= self.misregister_mm <= 20.0:
+            raise ValueError(f"misregister_mm must be 0..20 mm, not {self.misregister_mm!r}")
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
 
     def architecture(self, kind: str, size: int) -> Architecture:
@@ -102,6 +109,8 @@ class TrainSettings:
         """What must match for a saved state to be resumed (patience, threads, and the number of
         epochs of a constant learning rate, may differ)."""
         values = asdict(self)
+        if not self.misregister_mm:
+            values.pop("misregister_mm")  # states saved before the option resume as they were
         # which epoch is kept does not change how training goes
         free_keys = ("patience", "threads", "select")
         for free in (*free_keys, *(("epochs",) if self.schedule == "constant" else ())):
@@ -135,6 +144,88 @@ def augment(
         return torch.where(out != 0, out * scale + noise, out)
     inside = out > 0
     return torch.where(inside, (out * scale + noise).clamp(0.0, 1.0), out)
+
+
+#: Distance from the template's centre to the head's edge used to turn a displacement in mm into
+#: a rotation and a scaling of the same size there.
+HEAD_RADIUS_MM = 70.0
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    """``B x 3 x 3`` rotations from ``B x 3`` angles (radians) about x, y and z."""
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
+    rx = torch.stack(
+        [one, zero, zero, zero, cos[:, 0], -sin[:, 0], zero, sin[:, 0], cos[:, 0]], dim=1
+    )
+    ry = torch.stack(
+        [cos[:, 1], zero, sin[:, 1], zero, one, zero, -sin[:, 1], zero, cos[:, 1]], dim=1
+    )
+    rz = torch.stack(
+        [cos[:, 2], -sin[:, 2], zero, sin[:, 2], cos[:, 2], zero, zero, zero, one], dim=1
+    )
+    return rz.view(-1, 3, 3) @ ry.view(-1, 3, 3) @ rx.view(-1, 3, 3)
+
+
+def _random_affines(
+    n: int, mm: float, half_extent_mm: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """``n x 3 x 4`` sampling matrices for :func:`torch.nn.functional.affine_grid` that move a
+    volume of ``half_extent_mm`` (x, y, z) by a random similarity transform of about ``mm``."""
+    angle = mm / HEAD_RADIUS_MM
+    rotation = _rotation(angle * (2 * torch.rand(n, 3, generator=generator) - 1))
+    scale = 1.0 + angle * (2 * torch.rand(n, 1, 1, generator=generator) - 1)
+    shift_mm = mm * (2 * torch.rand(n, 3, generator=generator) - 1)
+    # in mm about the centre, then into affine_grid's -1..1 coordinates per axis
+    to_unit = torch.diag(1.0 / half_extent_mm)
+    matrix = to_unit @ (rotation * scale) @ torch.diag(half_extent_mm)
+    return torch.cat([matrix, (shift_mm / half_extent_mm).unsqueeze(-1)], dim=2)
+
+
+def misregister(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    mm: float,
+    *,
+    voxel_mm: tuple[float, float, float] | None = None,
+) -> torch.Tensor:
+    """Move each study of ``N x 2 x D x S x S`` template-space inputs (NCCT, CTA) as a
+    registration that is off by about ``mm`` would, and its CTA by a further ``mm / 3``.
+
+    Inputs made straight in template space are perfectly aligned; ``prepare``'s affine
+    registration leaves a few mm (its median error on the synthetic landmarks is ~3 mm), and
+    a network that has never seen that reads it as anatomy. ``voxel_mm`` is the size of a
+    voxel along D, S and S (the model input's slab thickness and pixel by default). Trilinear
+    resampling; what comes in from outside the grid is 0, the background.
+    """
+    from torch.nn import functional
+
+    from scanet_node.imaging.model_input import FOV_MM, SLAB_MM
+
+    if mm <= 0:
+        return x
+    n, c, d, h, w = x.shape
+    if voxel_mm is None:
+        voxel_mm = (SLAB_MM, FOV_MM / h, FOV_MM / w)
+    half = torch.tensor([w * voxel_mm[2], h * voxel_mm[1], d * voxel_mm[0]]) / 2  # x, y, z
+    head = _random_affines(n, mm, half, generator)
+    cta = _random_affines(n, mm / 3, half, generator)
+    # the CTA's sampling goes through its own error, then the head's
+    square = torch.cat([cta, torch.tensor([[[0.0, 0.0, 0.0, 1.0]]]).expand(n, 1, 4)], dim=1)
+    cta = head @ square
+    out = torch.empty_like(x)
+    for channel, theta in ((0, head), (1, cta)):
+        grid = functional.affine_grid(theta, [n, 1, d, h, w], align_corners=False)
+        out[:, channel : channel + 1] = functional.grid_sample(
+            x[:, channel : channel + 1],
+            grid,
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )
+    if c > 2:
+        out[:, 2:] = x[:, 2:]
+    return out
 
 
 @dataclass
@@ -302,6 +393,8 @@ def fit(
         for index in bar:
             idx = index.numpy()
             x = torch.as_tensor(np.asarray(train_x[idx], dtype=np.float32))
+            if settings.misregister_mm > 0:
+                x = misregister(x, generator, settings.misregister_mm)
             if settings.augment and arch.standardize:
                 x = augment_standardised(x, model, generator)
             elif settings.augment:

@@ -22,6 +22,7 @@ from scanet_node.model.train import (
     augment,
     fit,
     learning_rate,
+    misregister,
     training_targets,
 )
 
@@ -75,6 +76,40 @@ def test_augment_keeps_shape_range_and_background() -> None:
     assert out.shape == x.shape
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert int((out > 0).sum()) == int((x > 0).sum())  # shifted and flipped, never grown
+
+
+def _centre_of_mass(v: torch.Tensor) -> torch.Tensor:
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in v.shape], indexing="ij"))
+    return (grid * v).sum(dim=(1, 2, 3)) / v.sum()
+
+
+def test_misregistration_moves_each_study_by_about_the_registrations_error() -> None:
+    """A dot moves by up to ~mm per axis (rotation and scale add a little at the edge), the CTA
+    a little more or less than the NCCT, and nothing appears outside the head."""
+    x = torch.zeros(16, 2, 26, 112, 112)
+    x[:, :, 13, 56, 56] = 1.0
+    assert misregister(x, torch.Generator(), 0.0) is x
+    out = misregister(x, torch.Generator().manual_seed(0), 3.0)
+    assert out.shape == x.shape
+    voxel = torch.tensor([5.0, 180 / 112, 180 / 112])
+    moves = torch.stack(
+        [
+            torch.stack([(_centre_of_mass(out[i, c]) - torch.tensor([13, 56, 56])) * voxel
+                         for c in (0, 1)])
+            for i in range(len(x))
+        ]
+    )  # fmt: skip
+    ncct, between = moves[:, 0], moves[:, 1] - moves[:, 0]
+    assert float(ncct.abs().max()) <= 3.0 + 0.5
+    assert 1.0 < float(ncct.norm(dim=1).median()) < 4.5  # ~3 mm, as prepare's median
+    assert 0.0 < float(between.abs().max()) <= 1.0 + 0.5  # the CTA's own third
+    assert float(out.sum(dim=(2, 3, 4)).min()) > 0.7  # the dot survives trilinear resampling
+    assert float(out[:, :, :5].abs().max()) == 0.0  # no signal from outside the grid
+    with pytest.raises(ValueError, match="misregister_mm"):
+        TrainSettings(misregister_mm=-1)
+    # states saved before the option existed resume; a run with it does not resume one without
+    assert "misregister" not in TrainSettings().key()
+    assert TrainSettings(misregister_mm=3).key() != TrainSettings().key()
 
 
 def test_standardised_networks_are_augmented_in_what_they_see() -> None:
@@ -213,7 +248,7 @@ def test_the_cpu_recipe_trains_with_its_options_and_records_its_curve(tmp_path: 
     settings = TrainSettings(
         epochs=2, batch_size=4, lr=1e-3, folds=0, val_fraction=0.25, layers=RESNET_DEPTHS[18],
         optimizer="adamw", schedule="cosine", soft_targets=True, slab_weight=0.5,
-        standardize=True, cpu_bf16=True, select="last",
+        standardize=True, cpu_bf16=True, select="last", misregister_mm=3.0,
     )  # fmt: skip
     arch = settings.architecture("scanet", SMALL)
     assert arch.layers == (2, 2, 2, 2)
