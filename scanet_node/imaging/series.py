@@ -255,8 +255,8 @@ def _functional_group(ds: Dataset, frame: int, keyword: str) -> Dataset | None:
     return None
 
 
-def _frames_of(ds: Dataset, source: int, name: str) -> list[_Frame]:
-    if "PixelData" not in ds:
+def _frames_of(ds: Dataset, source: int, name: str, *, pixels: bool = True) -> list[_Frame]:
+    if pixels and "PixelData" not in ds:
         sop = ds.get("SOPClassUID")
         kind = getattr(sop, "name", None) or str(sop or "unknown SOP class")
         raise ImagingError(f"{name}: no pixel data ({kind})")
@@ -403,7 +403,6 @@ def _decode(
     out = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
     paddings = {i: _padding(ds) for i, ds in enumerate(datasets)}
     remaining = Counter(frame.source for frame in frames)
-    air = np.float32(AIR_HU)
     for k, frame in enumerate(frames):
         ds = datasets[frame.source]
         try:
@@ -418,19 +417,103 @@ def _decode(
             raise ImagingError(
                 f"{names[frame.source]}: decoded {stored.shape}, expected {out.shape[1:]}"
             )
-        image = out[k]
-        image[...] = stored
-        if frame.slope != 1.0:
-            image *= np.float32(frame.slope)
-        if frame.intercept != 0.0:
-            image += np.float32(frame.intercept)
-        pad = paddings[frame.source]
-        if pad is not None:
-            image[(stored >= pad[0]) & (stored <= pad[1])] = air
-        np.maximum(image, air, out=image)
+        _to_hu(stored, frame, paddings[frame.source], out[k])
         remaining[frame.source] -= 1
         if not remaining[frame.source]:
             del ds.PixelData  # our own copy: frees the encoded bytes as we go
+    return out
+
+
+def _to_hu(
+    stored: npt.NDArray[Any],
+    frame: _Frame,
+    pad: tuple[int, int] | None,
+    image: npt.NDArray[np.float32],
+) -> None:
+    """Stored values into ``image`` in HU; padding and anything below air become air."""
+    air = np.float32(AIR_HU)
+    image[...] = stored
+    if frame.slope != 1.0:
+        image *= np.float32(frame.slope)
+    if frame.intercept != 0.0:
+        image += np.float32(frame.intercept)
+    if pad is not None:
+        image[(stored >= pad[0]) & (stored <= pad[1])] = air
+    np.maximum(image, air, out=image)
+
+
+@dataclass(frozen=True, eq=False)
+class Plane:
+    """One acquired image as the scanner placed it: the instance, and the frame of it.
+
+    What an overlay of that image must match, whatever :func:`load_series` corrected (tilt,
+    order, spacing, gaps) on the way to its regular grid.
+    """
+
+    instance: int  # index of the dataset among those given to :func:`planes`
+    frame: int | None  # frame number of a multi-frame instance (0-based), else None
+    position: FloatArray  # ImagePositionPatient, LPS mm of the first pixel's centre
+    row_direction: FloatArray  # unit vector along a row (increasing column index)
+    column_direction: FloatArray  # unit vector down a column (increasing row index)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
+    rows: int
+    columns: int
+    _frame: _Frame
+
+    @property
+    def normal(self) -> FloatArray:
+        """Unit normal of the image plane (row x column direction)."""
+        n = np.cross(self.row_direction, self.column_direction)
+        return np.asarray(n / np.linalg.norm(n), dtype=np.float64)
+
+    def distance(self, point_lps: npt.ArrayLike) -> float:
+        """Signed distance in mm of a patient LPS point from the image plane."""
+        offset = np.asarray(point_lps, dtype=np.float64) - self.position
+        return float(offset @ self.normal)
+
+    def pixel_positions(self) -> FloatArray:
+        """Patient LPS mm of every pixel's centre, ``(rows, columns, 3)``."""
+        dr, dc = self.pixel_spacing
+        r = np.arange(self.rows, dtype=np.float64)[:, None, None] * dr * self.column_direction
+        c = np.arange(self.columns, dtype=np.float64)[None, :, None] * dc * self.row_direction
+        return np.asarray(self.position + r + c, dtype=np.float64)
+
+    def hu(self, ds: Dataset) -> npt.NDArray[np.float32]:
+        """This image's pixels in HU, from its dataset read with pixel data (as
+        :func:`load_series` converts them: rescale, padding and anything below air to air)."""
+        from pydicom.pixels.utils import pixel_array
+
+        if "PixelData" not in ds:
+            raise ImagingError("the instance was read without its pixel data")
+        stored = pixel_array(ds, index=self.frame)
+        if stored.shape != (self.rows, self.columns):
+            raise ImagingError(f"decoded {stored.shape}, expected {(self.rows, self.columns)}")
+        out = np.empty((self.rows, self.columns), dtype=np.float32)
+        _to_hu(stored, self._frame, _padding(ds), out)
+        return out
+
+
+def planes(headers: Sequence[Dataset]) -> list[Plane]:
+    """Every acquired image plane of a series' instances (headers without pixel data do)."""
+    out = []
+    for i, ds in enumerate(headers):
+        name = str(ds.get("SOPInstanceUID", "") or f"instance {i}")
+        for frame in _frames_of(ds, i, name, pixels=False):
+            row = np.asarray(frame.orientation[:3], dtype=np.float64)
+            col = np.asarray(frame.orientation[3:], dtype=np.float64)
+            out.append(
+                Plane(
+                    instance=i,
+                    frame=frame.frame,
+                    position=np.asarray(frame.position, dtype=np.float64),
+                    row_direction=row / np.linalg.norm(row),
+                    column_direction=col / np.linalg.norm(col),
+                    pixel_spacing=frame.pixel_spacing,
+                    rows=frame.rows,
+                    columns=frame.columns,
+                    _frame=frame,
+                )
+            )
     return out
 
 

@@ -83,26 +83,19 @@ def _link_inputs(folder: Path, series: dict[str, list[Path]]) -> Path:
     return folder
 
 
-def _slice_dataset(headers: list[Dataset], model_input: ModelInput, k: int) -> Dataset:
-    """The NCCT instance nearest to slice ``k`` of the regularised volume."""
-    affine = model_input.ncct_affine
-    normal = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
-    target = float((affine[:3, 3] + k * affine[:3, 2]) @ normal)
-    positions = [float(np.asarray(h.ImagePositionPatient, dtype=float) @ normal) for h in headers]
-    return headers[int(np.argmin(np.abs(np.asarray(positions) - target)))]
-
-
 def overlays(
     model_input: ModelInput,
     prediction: Prediction,
     ncct_headers: list[Dataset],
+    ncct_paths: list[Path],
     count: int,
 ) -> list[OverlaySlice]:
-    """The native NCCT slices through the ``count`` most weighted slabs, with the attention.
+    """The acquired NCCT images through the ``count`` most weighted slabs, with the attention.
 
-    Image and attention are slice ``k`` of the same regularised NCCT grid; ``source`` is the
-    NCCT instance nearest to it, for the reference.
+    Each is drawn in the geometry of the instance it references (see
+    :mod:`scanet_node.imaging.overlay`), whatever ``prepare`` corrected on the way.
     """
+    from scanet_node.imaging.overlay import draw_attention
     from scanet_node.results.types import OverlaySlice
 
     size = model_input.tensor.shape[-1]
@@ -110,28 +103,24 @@ def overlays(
     inside = (model_input.tensor > 0).any(axis=0)
     volume = prediction.attention_volume(size) * inside
     peak = float(volume.max())
-    attention = model_input.slab_to_ncct(volume / peak if peak > 0 else volume)
-    chosen: list[OverlaySlice] = []
-    seen: set[str] = set()
-    for slab in np.argsort(-prediction.slice_weights)[: count * 2]:
-        k = model_input.ncct_slice_of_slab(int(slab))
-        header = _slice_dataset(ncct_headers, model_input, k)
-        uid = str(header.SOPInstanceUID)
-        if uid in seen:
-            continue
-        seen.add(uid)
-        chosen.append(
-            OverlaySlice(
-                source=header,
-                hu=np.asarray(model_input.ncct_hu[k], dtype=np.float32),
-                attention=np.clip(attention[k], 0.0, 1.0).astype(np.float32),
-                slab=int(slab),
-                slice_weight=float(prediction.slice_weights[slab]),
-            )
+    drawn = draw_attention(
+        model_input,
+        volume / peak if peak > 0 else volume,
+        ncct_headers,
+        ncct_paths,
+        [int(s) for s in np.argsort(-prediction.slice_weights)],
+        count,
+    )
+    return [
+        OverlaySlice(
+            source=ncct_headers[d.instance],
+            hu=d.hu,
+            attention=d.attention,
+            slab=d.slab,
+            slice_weight=float(prediction.slice_weights[d.slab]),
         )
-        if len(chosen) == count:
-            break
-    return chosen
+        for d in drawn
+    ]
 
 
 def _write(datasets: list[Dataset], folder: Path) -> list[Path]:
@@ -226,7 +215,11 @@ def analyse(
             timings["infer"] = time.perf_counter() - tic
             tic = time.perf_counter()
             shown = overlays(
-                model_input, prediction, headers["ncct"], settings.results.overlay_slices
+                model_input,
+                prediction,
+                headers["ncct"],
+                paths["ncct"],
+                settings.results.overlay_slices,
             )
             point, point_slab = model_input.attention_point(
                 prediction.attention_volume(predictor.input_size)
