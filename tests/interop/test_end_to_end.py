@@ -262,6 +262,80 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
     assert len(sr_uids(orthanc_results(orthanc, study_uid))) == 2
 
 
+def _correlation(a: Any, b: Any) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_a_tilted_study_gets_overlays_drawn_on_the_images_they_name(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    """A 15 degree gantry tilt: prepare's regular grid has 153 rows where the images have 128.
+    Each overlay in Orthanc shows the very NCCT image it references, at its own geometry."""
+    import numpy as np
+    from scipy import ndimage
+
+    from scanet_node.results.sc import WINDOW_CENTER, WINDOW_WIDTH
+
+    node = node_in(checkpoint, orthanc)
+    manifest, files = study_files(tmp_path / "study", seed=3, variant="gantry-tilt")
+    storescu(node.port, files)
+    wait_for(
+        "the results to be acknowledged",
+        lambda: node.cli("deliveries", "--json").stdout.count('"status": "sent"') == 1,
+        240,
+        node.log_text,
+    )
+    jobs = json.loads(node.cli("jobs", "--json").stdout)
+    assert [(j["status"], j["outcome"]) for j in jobs] == [("done", "analysed")], jobs
+    results = orthanc_results(orthanc, manifest["study_instance_uid"])
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    paths = {uid: fetch(orthanc, uid, fetched) for uid in results}
+    for uid, path in paths.items():
+        assert dciodvfy_errors(path) == [], f"{uid}: dciodvfy errors"
+    by_uid = {
+        str(h.SOPInstanceUID): (f, h)
+        for f in files
+        if (h := pydicom.dcmread(f, stop_before_pixels=True)).SeriesInstanceUID
+        == jobs[0]["ncct_series_uid"]
+    }
+    overlays = [ds for p in paths.values() if "SourceImageSequence" in (ds := pydicom.dcmread(p))]
+    assert len(overlays) >= 2
+    for sc in overlays:
+        source_uid = str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        assert source_uid in by_uid, "the overlay references no image of the tilted NCCT"
+        source_file, header = by_uid[source_uid]
+        assert float(header.GantryDetectorTilt) == 15.0
+        source = pydicom.dcmread(source_file)
+        hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+        low = WINDOW_CENTER - WINDOW_WIDTH / 2
+        grey = np.clip((hu - low) / WINDOW_WIDTH, 0, 1) * 255
+        # The image area is the left 512 x 512 of the capture (the side panel is right of it).
+        image = sc.pixel_array[:512, :512].astype(float)
+        plain = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])
+        shown = ndimage.zoom(grey, (512 / grey.shape[0], 512 / grey.shape[1]), order=1)
+        match = _correlation(image[..., 0][plain], shown[plain])
+        # ... and not any other image of the series (5 mm apart): the overlay names its own.
+        others = []
+        for uid, (f, _) in by_uid.items():
+            if uid == source_uid:
+                continue
+            other = pydicom.dcmread(f)
+            ohu = other.pixel_array * float(other.RescaleSlope) + float(other.RescaleIntercept)
+            ogrey = np.clip((ohu - low) / WINDOW_WIDTH, 0, 1) * 255
+            oshown = ndimage.zoom(ogrey, (512 / ogrey.shape[0], 512 / ogrey.shape[1]), order=1)
+            if float(oshown[plain].std()) > 0:  # images above the head are all air
+                others.append(_correlation(image[..., 0][plain], oshown[plain]))
+        print(f"overlay {source_uid}: {match:.3f}, best other image {max(others):.3f}")
+        assert match > 0.95 and match > max(others), (match, max(others))
+
+
 def test_a_worker_killed_mid_job_still_delivers_once(
     tmp_path: Path,
     checkpoint: Path,
