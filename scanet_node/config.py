@@ -167,8 +167,19 @@ class PipelineSettings(_Section):
     #: A worker renews its job's lease every third of this; a dead worker's job runs again
     #: once the lease has expired.
     job_lease_seconds: float = Field(default=120.0, ge=2, le=86400)
-    #: Tries of a job that fails unexpectedly (a QC refusal is an outcome, not a failure).
+    #: Tries of a job that fails unexpectedly (a QC refusal is an outcome, not a failure), or
+    #: whose worker stops during it (killed, out of memory); then the study is answered with
+    #: a "not analysable" report that says the analysis failed.
     job_max_attempts: int = Field(default=3, ge=1, le=100)
+    #: A failed job runs again after this long, doubling up to ``retry_max_seconds``.
+    retry_initial_seconds: float = Field(default=30.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(default=600.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _retry_ordered(self) -> PipelineSettings:
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds must not be less than retry_initial_seconds")
+        return self
 
     @property
     def settle_sweep_seconds(self) -> float:

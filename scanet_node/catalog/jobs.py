@@ -86,6 +86,8 @@ class JobInfo:
     started_at: datetime | None
     finished_at: datetime | None
     inputs_received_at: datetime | None
+    #: Attempts that ended with the worker gone (its lease expired).
+    worker_stops: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ def _job_info(job: Job) -> JobInfo:
         started_at=job.started_at,
         finished_at=job.finished_at,
         inputs_received_at=job.inputs_received_at,
+        worker_stops=job.worker_stops or 0,
     )
 
 
@@ -330,10 +333,14 @@ class JobQueue:
             if job is None:
                 return None
             if job.status == JobStatus.RUNNING:
+                # Its worker is gone (killed, out of memory): that attempt is used up. The
+                # worker that takes it now decides whether another attempt is left.
+                job.worker_stops = (job.worker_stops or 0) + 1
                 logger.warning(
-                    "job %d: lease of %s expired, running it again",
+                    "job %d: lease of %s expired (worker stopped %d time(s)), taking it over",
                     job.id,
                     job.lease_owner,
+                    job.worker_stops,
                     extra={"job_id": job.id, "study_uid": job.study_instance_uid},
                 )
             job.status = JobStatus.RUNNING
@@ -367,17 +374,20 @@ class JobQueue:
         results_dir: str | None,
         timings: dict[str, float],
         destinations: Sequence[Any],
+        failed: bool = False,
     ) -> bool:
         """Mark a job done and queue one delivery per destination, in one transaction.
 
-        False (and nothing changes) when the lease was lost to another worker.
+        ``failed`` records it as failed for good instead, with the report that says so (a
+        "not analysable" SR) delivered like any result. False (and nothing changes) when the
+        lease was lost to another worker.
         """
         now = utcnow()
         with self.catalog._write() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.lease_owner != owner or job.status != JobStatus.RUNNING:
                 return False
-            job.status = JobStatus.DONE
+            job.status = JobStatus.FAILED if failed else JobStatus.DONE
             job.outcome = outcome
             job.reason = reason
             job.probability = probability

@@ -165,6 +165,9 @@ class Job(Base):
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: How many of the attempts ended with the worker gone (its lease expired): killed, out
+    #: of memory, a crash in native code.
+    worker_stops: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     run_after: Mapped[datetime] = mapped_column(DateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)

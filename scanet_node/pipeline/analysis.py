@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SR_FILE = "00-sr.dcm"
+#: Reason code of the report sent when a job has failed for good (results/codes.py).
+ANALYSIS_FAILED = "analysis_failed"
 OVERLAY_PNG = "overlay.png"
 SUMMARY_PNG = "summary.png"
 
@@ -154,8 +156,7 @@ def analyse(
     from scanet_node.imaging.classify import rules_from_settings
     from scanet_node.imaging.prepare import prepare
     from scanet_node.imaging.qc import NotAnalysable
-    from scanet_node.results import build, write_png
-    from scanet_node.results.types import AnalysisResult, StudyRefs
+    from scanet_node.results.types import AnalysisResult
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -239,6 +240,53 @@ def analyse(
         finally:
             shutil.rmtree(inputs, ignore_errors=True)
 
+    return _report(job, result, headers, folder, queue, settings, timings, started)
+
+
+def answer_failure(
+    job: JobInfo,
+    *,
+    queue: JobQueue,
+    settings: Settings,
+    predictor: Predictor,
+    spool_root: Path,
+    detail: str,
+) -> Analysis:
+    """The report of a job that failed for good: "not analysable", because the analysis
+    failed, and ``detail`` (a sentence for the radiologist) says why. No image is decoded."""
+    from scanet_node.results.types import AnalysisResult
+
+    started = time.perf_counter()
+    folder = settings.results_dir / f"job-{job.id}"
+    headers = {
+        role: _headers([spool_root / p for p in queue.catalog.instance_paths(uid)] if uid else [])
+        for role, uid in (("ncct", job.ncct_series_uid), ("cta", job.cta_series_uid))
+    }
+    timings = {"load": time.perf_counter() - started}
+    result = AnalysisResult(
+        status="not_analysable",
+        algorithm=algorithm_info(predictor),
+        reason=ANALYSIS_FAILED,
+        detail=detail,
+    )
+    return _report(job, result, headers, folder, queue, settings, timings, started)
+
+
+def _report(
+    job: JobInfo,
+    result: AnalysisResult,
+    headers: dict[str, list[Dataset]],
+    folder: Path,
+    queue: JobQueue,
+    settings: Settings,
+    timings: dict[str, float],
+    started: float,
+) -> Analysis:
+    """Build the SR and SC of ``result``, write them under ``folder``; the job's Analysis."""
+    from scanet_node.results import build, write_png
+    from scanet_node.results.types import StudyRefs
+
+    algorithm = result.algorithm
     tic = time.perf_counter()
     predecessor = None
     if job.supersedes_id is not None:

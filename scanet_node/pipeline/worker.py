@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between polls of an idle worker.
 POLL_SECONDS = 0.25
-#: Retry delay of a job that failed unexpectedly, times the attempts so far.
-JOB_RETRY_SECONDS = 30.0
 
 
 class _Heartbeat:
@@ -140,10 +138,33 @@ class Worker:
         logger.info("worker %s stopped", self.owner)
 
     def run_job(self, job: JobInfo) -> None:
-        """Analyse one claimed job and record the outcome (or the failure)."""
+        """Analyse one claimed job and record the outcome (or the failure).
+
+        A job that has used its ``job_max_attempts`` (every one ended by an error, or by its
+        worker stopping: killed, out of memory) fails for good and answers the study with a
+        "not analysable" report that says the analysis failed and why.
+        """
         from scanet_node.pipeline.analysis import analyse
+        from scanet_node.retry import job_attempts_left, job_retry_delay
 
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        pipeline = self.settings.pipeline
+        if not job_attempts_left(job.attempts - 1, pipeline.job_max_attempts):
+            # Only a job whose worker stopped comes back after its last attempt.
+            stops = job.worker_stops
+            reason = (
+                f"the worker stopped during the analysis {stops} times (killed, or out of memory)"
+            )
+            if stops < job.attempts - 1 and job.reason:
+                reason += f"; the other attempts failed: {job.reason}"
+            logger.error("job %d failed for good: %s", job.id, reason, extra=extra)
+            self._answer_failure(
+                job,
+                reason,
+                f"the analysis stopped {stops} times before it could finish (the process was "
+                "ended, most often for lack of memory)",
+            )
+            return
         logger.info(
             "job %d: study %s, attempt %d",
             job.id,
@@ -168,13 +189,26 @@ class Worker:
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            if job.attempts >= self.settings.pipeline.job_max_attempts:
-                logger.exception("job %d failed for good: %s", job.id, reason, extra=extra)
-                self.queue.fail_job(job.id, self.owner, reason)
-            else:
-                retry = utcnow() + timedelta(seconds=JOB_RETRY_SECONDS * job.attempts)
-                logger.exception("job %d failed, retrying: %s", job.id, reason, extra=extra)
-                self.queue.fail_job(job.id, self.owner, reason, retry_at=retry)
+            if job_attempts_left(job.attempts, pipeline.job_max_attempts):
+                delay = job_retry_delay(
+                    job.attempts,
+                    initial=pipeline.retry_initial_seconds,
+                    maximum=pipeline.retry_max_seconds,
+                )
+                logger.exception(
+                    "job %d failed, retrying in %.0f s: %s", job.id, delay, reason, extra=extra
+                )
+                self.queue.fail_job(
+                    job.id, self.owner, reason, retry_at=utcnow() + timedelta(seconds=delay)
+                )
+                return
+            logger.exception("job %d failed for good: %s", job.id, reason, extra=extra)
+            self._answer_failure(
+                job,
+                f"failed {job.attempts} times; last: {reason}",
+                f"an unexpected error stopped it {job.attempts} times "
+                f"({type(exc).__name__}; the details are in the node's log)",
+            )
             return
         recorded = self.queue.finish_job(
             job.id,
@@ -206,17 +240,63 @@ class Worker:
             extra=extra,
         )
 
+    def _answer_failure(self, job: JobInfo, reason: str, words: str) -> None:
+        """Fail ``job`` for good with ``reason`` (for the log and ``jobs``), and send the study
+        the report that says so: ``words`` are the radiologist's sentence of why."""
+        from scanet_node.pipeline.analysis import answer_failure
+
+        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        detail = (
+            f"The automated analysis failed: {words}. No prediction will follow for these "
+            "images; read the study without it."
+        )
+        try:
+            with _Heartbeat(
+                self.queue, job.id, self.owner, self.settings.pipeline.job_lease_seconds
+            ):
+                report = answer_failure(
+                    job,
+                    queue=self.queue,
+                    settings=self.settings,
+                    predictor=self.predictor,
+                    spool_root=self.spool_root,
+                    detail=detail,
+                )
+        except Exception:
+            logger.exception(
+                "job %d: the report of its failure could not be made either", job.id, extra=extra
+            )
+            self.queue.fail_job(job.id, self.owner, reason)
+            return
+        recorded = self.queue.finish_job(
+            job.id,
+            self.owner,
+            outcome=report.outcome,
+            reason=reason,
+            probability=None,
+            positive=None,
+            model=report.model,
+            sr_sop_instance_uid=report.sr_sop_instance_uid,
+            results_dir=str(report.results_dir.resolve()),
+            timings=report.timings,
+            destinations=self.settings.destinations,
+            failed=True,
+        )
+        if recorded:
+            logger.info(
+                "job %d: failed; the study is told so (%d result instances)",
+                job.id,
+                len(report.files),
+                extra=extra,
+            )
+        else:
+            logger.warning("job %d: lease lost before the failure was recorded", job.id)
+
     def deliver(self, delivery: DeliveryInfo) -> DeliveryInfo:
         """Send one delivery's results once and record the attempt."""
         from scanet_node.pipeline.analysis import result_files
-        from scanet_node.results.deliver import (
-            Peer,
-            SendOutcome,
-            client_ssl_context,
-            next_attempt_delay,
-            send,
-            should_give_up,
-        )
+        from scanet_node.results.deliver import Peer, SendOutcome, client_ssl_context, send
+        from scanet_node.retry import next_attempt_delay, should_give_up
 
         settings = self.settings.delivery
         files = result_files(Path(delivery.results_dir)) if delivery.results_dir else []

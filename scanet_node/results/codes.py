@@ -69,5 +69,6 @@ REASONS: dict[str, Code] = {
     "registration_dissimilar": _code("SCN-107", "Registration to the CT template failed"),
     "cta_missing": _code("SCN-108", "No CTA arrived within the waiting time"),
     "ncct_missing": _code("SCN-109", "No NCCT arrived within the waiting time"),
+    "analysis_failed": _code("SCN-110", "The analysis failed"),
 }
 REASON_OTHER = _code("SCN-199", "Other reason")

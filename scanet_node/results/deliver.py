@@ -6,8 +6,8 @@ a PACS that is down, refuses us or answers with a failure status is an outcome, 
 Which instances were recorded as delivered is the caller's bookkeeping (the catalog's
 Delivery rows); this module touches no database.
 
-``next_attempt_delay`` and ``should_give_up`` are the retry policy: pure functions of the
-attempt count and the clock.
+The retry policy (``next_attempt_delay``, ``should_give_up``) is in :mod:`scanet_node.retry`,
+beside the jobs'.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -495,17 +494,3 @@ def client_ssl_context(
     if cert is not None and key is not None:
         context.load_cert_chain(str(cert), str(key))
     return context
-
-
-def next_attempt_delay(attempts: int, *, initial: float = 5.0, maximum: float = 300.0) -> float:
-    """Seconds to wait after ``attempts`` failed attempts (>= 1): ``initial * 2**(attempts-1)``,
-    capped at ``maximum``."""
-    if attempts < 1:
-        raise ValueError(f"attempts counts failed attempts and starts at 1, got {attempts}")
-    # The exponent is capped so a long outage cannot overflow the float.
-    return float(min(maximum, initial * 2.0 ** min(attempts - 1, 64)))
-
-
-def should_give_up(first_attempt_at: datetime, now: datetime, give_up_after: timedelta) -> bool:
-    """True once ``give_up_after`` has passed since the first attempt (times in UTC)."""
-    return now - first_attempt_at >= give_up_after

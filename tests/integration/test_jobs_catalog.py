@@ -77,6 +77,7 @@ def test_a_lease_that_expires_lets_another_worker_run_the_job(queue: JobQueue) -
     later = utcnow() + timedelta(seconds=61)
     again = queue.claim_job("w2", 60, now=later)
     assert again is not None and again.attempts == 2 and again.lease_owner == "w2"
+    assert again.worker_stops == 1  # the first attempt ended with its worker gone
     # The first worker lost its lease: its outcome is not recorded.
     assert not finish(queue, job.id, "w1", [Dest()])
     assert not queue.renew_lease(job.id, "w1", 60)
@@ -84,6 +85,21 @@ def test_a_lease_that_expires_lets_another_worker_run_the_job(queue: JobQueue) -
     done = queue.job(job.id)
     assert done is not None and done.status == "done" and done.probability == 0.7
     assert done.timings == {"infer": 0.25}
+
+
+def test_a_job_failed_for_good_can_carry_its_report_to_the_pacs(queue: JobQueue) -> None:
+    """The report that says the analysis failed is delivered like any result's."""
+    job = queue.create_job(spec(generate_uid()))
+    assert job is not None and queue.claim_job("w1", 60) is not None
+    assert queue.finish_job(
+        job.id, "w1", outcome="not_analysable", reason="the worker stopped ... 3 times",
+        probability=None, positive=None, model="SCANet test", sr_sop_instance_uid="1.2.4",
+        results_dir="/tmp/none", timings={}, destinations=[Dest()], failed=True,
+    )  # fmt: skip
+    failed = queue.job(job.id)
+    assert failed is not None and failed.status == "failed"
+    assert failed.outcome == "not_analysable" and failed.sr_sop_instance_uid == "1.2.4"
+    assert [d.status for d in queue.deliveries()] == ["pending"]
 
 
 def test_racing_workers_claim_each_job_once(queue: JobQueue) -> None:

@@ -377,6 +377,109 @@ def test_a_worker_killed_mid_job_still_delivers_once(
     queue.catalog.close()
 
 
+def _failure_report(orthanc: OrthancServer, study_uid: str, folder: Path) -> str:
+    """The SR in Orthanc that says the analysis failed, checked by dciodvfy; its dsrdump."""
+    (uid,) = sr_uids(orthanc_results(orthanc, study_uid))
+    folder.mkdir(exist_ok=True)
+    path = fetch(orthanc, uid, folder)
+    assert dciodvfy_errors(path) == []
+    text = sr_text(path)
+    assert "Not analysable" in text and "The analysis failed" in text
+    assert "No prediction will follow" in text
+    return text
+
+
+def test_a_study_that_kills_its_worker_every_time_is_answered_and_the_next_analysed(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    """SIGKILL on every attempt (a study that makes its worker exit): after job_max_attempts
+    the job fails, the PACS is told so, and the node goes on analysing the next study."""
+    node = node_in(checkpoint, orthanc, pipeline={"job_max_attempts": 2, "job_lease_seconds": 3})
+    manifest, files = study_files(tmp_path / "study", seed=4)
+    storescu(node.port, files)
+    queue = node.queue()
+    killed: set[int] = set()
+
+    def kill_while_running() -> list[Any]:
+        jobs = queue.jobs()
+        for job in jobs:
+            if job.status == "running" and job.attempts <= 2 and job.attempts not in killed:
+                pids = node.worker_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.add(job.attempts)
+        return [j for j in jobs if j.status == "failed"]
+
+    (failed,) = wait_for("the job to fail for good", kill_while_running, 300, node.log_text)
+    assert killed == {1, 2}
+    assert failed.attempts == 3 and failed.worker_stops == 2
+    assert (failed.reason or "").startswith(
+        "the worker stopped during the analysis 2 times (killed, or out of memory)"
+    )
+    wait_for(
+        "the failure report to be sent",
+        lambda: [d for d in queue.deliveries() if d.status == "sent"],
+        60,
+        node.log_text,
+    )
+    text = _failure_report(orthanc, manifest["study_instance_uid"], tmp_path / "fetched")
+    assert "stopped 2 times" in text
+    # The next study is analysed as usual.
+    second, more = study_files(tmp_path / "second", seed=5)
+    storescu(node.port, more)
+    done = wait_for(
+        "the next study's result",
+        lambda: [j for j in queue.jobs() if j.status == "done" and j.outcome == "analysed"],
+        240,
+        node.log_text,
+    )
+    assert done[0].study_instance_uid == second["study_instance_uid"]
+    queue.catalog.close()
+
+
+def test_a_model_that_raises_for_a_study_answers_it_after_its_attempts(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    """The analysis raises on every attempt for one study: after the attempts (spaced by the
+    job backoff), Orthanc receives a "not analysable" SR naming the failure."""
+    from scanet_node.config import load_settings
+    from scanet_node.model.predictor import Predictor
+    from scanet_node.pipeline.worker import Worker
+
+    class FailsForOneStudy(Predictor):
+        def predict(self, model_input: Any) -> Any:
+            if model_input.study_instance_uid == target:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return super().predict(model_input)
+
+    pipeline = {"workers": 0, "retry_initial_seconds": 0.5, "retry_max_seconds": 1}
+    node = node_in(checkpoint, orthanc, pipeline=pipeline)
+    manifest, files = study_files(tmp_path / "study", seed=6)
+    target = manifest["study_instance_uid"]
+    storescu(node.port, files)
+    worker = Worker(load_settings(node.config), predictor=FailsForOneStudy(checkpoint))
+    queue = node.queue()
+
+    def work() -> list[Any]:
+        worker.run_once()
+        return [d for d in queue.deliveries() if d.status == "sent"]
+
+    wait_for("the failure report to be sent", work, 240, node.log_text)
+    (job,) = queue.jobs()
+    assert job.status == "failed" and job.attempts == 3  # job_max_attempts' default
+    assert (job.reason or "").startswith("failed 3 times; last: RuntimeError: CUDA error")
+    text = _failure_report(orthanc, target, tmp_path / "fetched")
+    assert "unexpected error stopped it 3 times (RuntimeError" in text
+    worker.close()
+    queue.catalog.close()
+
+
 def test_a_pacs_that_is_down_gets_the_not_analysable_report_when_it_is_back(
     tmp_path: Path,
     checkpoint: Path,

@@ -1,4 +1,4 @@
-"""The retry policy of result delivery, and how C-STORE statuses are classified."""
+"""The retry policies of result delivery and of jobs, and how C-STORE statuses are classified."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scanet_node.results.deliver import (
-    classify_store_status,
+from scanet_node.results.deliver import classify_store_status
+from scanet_node.retry import (
+    job_attempts_left,
+    job_retry_delay,
     next_attempt_delay,
     should_give_up,
 )
@@ -63,3 +65,17 @@ def test_stored_statuses(code: int) -> None:
 )
 def test_failure_statuses(code: int, expected: tuple[str, bool]) -> None:
     assert classify_store_status(code) == expected
+
+
+def test_job_backoff_doubles_from_the_pipelines_initial_up_to_its_cap() -> None:
+    assert [job_retry_delay(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+    assert [job_retry_delay(n, initial=2.0, maximum=5.0) for n in (1, 2, 3)] == [2, 4, 5]
+    assert job_retry_delay(10_000) == 600.0
+    with pytest.raises(ValueError, match="starts at 1"):
+        job_retry_delay(0)
+
+
+def test_a_job_may_start_again_until_it_has_used_its_attempts() -> None:
+    assert [job_attempts_left(n, 3) for n in (0, 1, 2, 3, 4)] == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="max_attempts"):
+        job_attempts_left(1, 0)
