@@ -126,7 +126,30 @@ class Node:
                 logger.warning("worker pid %s did not stop; killing it", process.pid)
                 process.kill()
                 process.join()
+        if self.workers:
+            _stop_resource_tracker()
         self.catalog.close()
+
+
+def _stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker and wait for it to exit.
+
+    Starting a worker by "spawn" starts a resource tracker process beside it, which would
+    otherwise exit on its own only once serve has exited: for a moment after serve returns, a
+    process of it would still be alive, which an init system or a test may see as a node half
+    stopped. Only called once every worker has exited. ``_stop`` is the tracker's own
+    (private) shutdown, the one CPython's tests use; should it ever go, the tracker exits as
+    before, a moment later.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)
+    if callable(stop):
+        try:
+            stop()
+        except Exception:  # never let the tidy-up stop the stop
+            logger.debug("resource tracker did not stop cleanly", exc_info=True)
 
 
 def serve(settings: Settings, *, announce: bool = True) -> None:
