@@ -200,6 +200,49 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from scanet_node.catalog import Catalog, utcnow
+    from scanet_node.catalog.overview import Overview
+    from scanet_node.pipeline.doctor import clock, unanswered
+
+    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    settings = _load(args, {"node": node})
+    catalog = Catalog(settings.catalog_url, create=False)
+    now = utcnow()
+    try:
+        activity = Overview(catalog).activity(now - timedelta(hours=args.hours))
+    finally:
+        catalog.close()
+    pipeline = settings.pipeline
+    waiting = unanswered(
+        activity,
+        now,
+        settle_seconds=pipeline.series_settle_seconds,
+        pairing_window_seconds=pipeline.pairing_window_seconds,
+        max_attempts=pipeline.job_max_attempts,
+    )
+    if args.json:
+        _print_json(
+            {
+                "hours": args.hours,
+                "studies": len(activity.studies),
+                "unanswered": [dataclasses.asdict(w) for w in waiting],
+            }
+        )
+        return 0
+    answered = len(activity.studies) - len(waiting)
+    print(
+        f"{len(activity.studies)} studies received in the last {args.hours:g} h: "
+        f"{answered} with their result sent, {len(waiting)} without"
+    )
+    for w in waiting:
+        print(f"{w.study_instance_uid}  last image {clock(w.last_received_at)}  {w.state}")
+        print(f"    {w.why}")
+    return 0
+
+
 def _cmd_deliveries(args: argparse.Namespace) -> int:
     queue = _queue(args)
     try:
@@ -612,6 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true", help="machine-readable output")
     jobs.add_argument("--data-dir", help="override [node] data_dir")
     jobs.set_defaults(func=_cmd_jobs)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="list recent studies that have no result sent, and why (nothing stuck?)",
+    )
+    doctor.add_argument(
+        "--hours", type=float, default=24.0, help="studies received in this many hours (24)"
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--data-dir", help="override [node] data_dir")
+    doctor.set_defaults(func=_cmd_doctor)
 
     deliveries = sub.add_parser("deliveries", help="list result deliveries and their attempts")
     deliveries.add_argument("--job", type=int, help="only this job")

@@ -137,6 +137,30 @@ def _turnaround(
     return (delivered_at - received).total_seconds()
 
 
+@dataclass(frozen=True)
+class DeliveryState:
+    """Where one delivery stands, without its attempts."""
+
+    job_id: int
+    destination: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_detail: str | None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The studies received since a time, every job that concerns them, and those jobs'
+    deliveries: what ``scanet-node doctor`` explains."""
+
+    studies: list[StudySummary]
+    #: The studies' own jobs, and jobs of other studies that used one of their series (an
+    #: NCCT filed under its own study and paired with a CTA study's), oldest first.
+    jobs: list[JobInfo]
+    deliveries: list[DeliveryState]
+
+
 class Overview:
     """Read-only queries over the catalog, for people and for Prometheus."""
 
@@ -212,6 +236,56 @@ class Overview:
                 for j in session.scalars(select(Job).where(Job.id.in_(newest)))
             }
             return [StudyRow(_study_summary(s), latest.get(s.study_instance_uid)) for s in studies]
+
+    def activity(self, since: datetime, limit: int = 1000) -> Activity:
+        """Studies that received an instance at or after ``since`` (newest first, at most
+        ``limit``), with the jobs and deliveries that concern them."""
+        with self.catalog._read() as session:
+            studies = session.scalars(
+                select(Study)
+                .options(selectinload(Study.series))
+                .where(Study.last_received_at >= since)
+                .order_by(Study.last_received_at.desc(), Study.id.desc())
+                .limit(limit)
+            ).all()
+            uids = [s.study_instance_uid for s in studies]
+            series = [x.series_instance_uid for s in studies for x in s.series]
+            jobs = (
+                session.scalars(
+                    select(Job)
+                    .where(
+                        Job.study_instance_uid.in_(uids)
+                        | Job.ncct_series_uid.in_(series)
+                        | Job.cta_series_uid.in_(series)
+                    )
+                    .order_by(Job.id)
+                ).all()
+                if uids
+                else []
+            )
+            ids = [j.id for j in jobs]
+            deliveries = (
+                session.scalars(
+                    select(Delivery).where(Delivery.job_id.in_(ids)).order_by(Delivery.id)
+                ).all()
+                if ids
+                else []
+            )
+            return Activity(
+                [_study_summary(s) for s in studies],
+                [_job_info(j) for j in jobs],
+                [
+                    DeliveryState(
+                        d.job_id,
+                        d.destination,
+                        str(d.status),
+                        d.attempts,
+                        d.next_attempt_at,
+                        d.last_detail,
+                    )
+                    for d in deliveries
+                ],
+            )
 
     def study(self, study_instance_uid: str, job_limit: int = 50) -> StudyDetail | None:
         """One study with its series and its jobs, or None."""

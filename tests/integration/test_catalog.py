@@ -238,3 +238,56 @@ def test_an_instance_filed_while_a_purge_deletes_its_study_is_kept(postgres_url:
         assert again.study_instance_uid == study and outcome.new_study
     finally:
         catalog.close()
+
+
+def test_activity_is_the_recent_studies_and_every_job_that_concerns_them(
+    catalog: Catalog,
+) -> None:
+    """What ``doctor`` explains: studies received in the window, their own jobs, and a job of
+    another study that used one of their series (an NCCT paired across studies)."""
+    from scanet_node.catalog.jobs import JobQueue, JobSpec
+    from scanet_node.catalog.overview import Overview
+
+    now = utcnow()
+    recent, old, other = generate_uid(), generate_uid(), generate_uid()
+    ncct = generate_uid()
+    catalog.record_instance(record(recent, ncct))
+    catalog.record_instance(record(old, generate_uid(), at=now - timedelta(hours=48)))
+    queue = JobQueue(catalog)
+    paired = queue.create_job(
+        JobSpec(study_instance_uid=other, patient_key="k", ncct_series_uid=ncct,
+                cta_series_uid=generate_uid(), signature="s")
+    )  # fmt: skip
+    unrelated = queue.create_job(
+        JobSpec(study_instance_uid=generate_uid(), patient_key="k", ncct_series_uid="x",
+                cta_series_uid="y", signature="t")
+    )  # fmt: skip
+    assert paired is not None and unrelated is not None
+    activity = Overview(catalog).activity(now - timedelta(hours=24))
+    assert [s.study_instance_uid for s in activity.studies] == [recent]
+    assert [j.id for j in activity.jobs] == [paired.id]
+    assert activity.deliveries == []
+
+
+def test_the_doctor_command_names_what_each_study_waits_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from scanet_node.cli import main
+
+    data = tmp_path / "data"
+    catalog = Catalog(f"sqlite:///{data / 'catalog.sqlite'}")
+    study = generate_uid()
+    catalog.record_instance(record(study, generate_uid()))
+    catalog.close()
+    assert main(["doctor", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "1 studies received in the last 24 h: 0 with their result sent, 1 without"
+    )
+    assert f"{study}  last image" in out and "receiving" in out
+    assert main(["doctor", "--data-dir", str(data), "--json", "--hours", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["studies"] == 1
+    assert [w["state"] for w in report["unanswered"]] == ["receiving"]
