@@ -492,7 +492,14 @@ def _train_settings(args: argparse.Namespace) -> Any:
         slab_weight=args.slab_weight,
         select=args.select,
         misregister_mm=args.misregister_mm,
+        init=_weights_sha256(args.init) if args.init else "",
     )
+
+
+def _weights_sha256(checkpoint: Path) -> str:
+    from scanet_node.model.checkpoint import read_card
+
+    return str(read_card(checkpoint).weights_sha256)
 
 
 def _load_cohort(path: Path, size: int, cache: Path | None) -> Any:
@@ -517,6 +524,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from scanet_node.model.experiment import cross_validate, train_final
 
     _configure_logging("INFO")
+    if args.init and args.folds >= 2:
+        print(
+            "scanet-node: --init fine-tunes the final model; use it with --folds 0",
+            file=sys.stderr,
+        )
+        return 2
     settings = _train_settings(args)
     cohort = _load_cohort(args.cohort, args.size, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -534,6 +547,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{len(cohort)} cases of cohort {cohort.root.name}"
         + (" (SYNTHETIC: scanet-node synth, no patient data)" if synthetic else "")
     )
+    init_kind = None
+    if args.init:
+        from scanet_node.model.checkpoint import read_card
+
+        init_kind = read_card(args.init).architecture["kind"]
     for kind in ["scanet", *(["resnet34"] if args.baselines else [])]:
         path = train_final(
             cohort,
@@ -545,6 +563,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data_description=description,
             synthetic=synthetic,
             command=shlex.join(["scanet-node", *args.argv]),
+            init=args.init if kind == init_kind else None,
         )
         print(f"wrote {path} and its card {path.with_suffix('.md')}")
     return 0
@@ -815,6 +834,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="move each training study as a registration off by about MM mm would (default 0: "
         "off; 3 imitates prepare's) [ours]",
+    )
+    train.add_argument(
+        "--init",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from these weights (same architecture; fine-tuning, e.g. on prepared "
+        "studies after template-space ones); its input standardisation is kept [ours]",
     )
     train.add_argument(
         "--select",

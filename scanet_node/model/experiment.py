@@ -366,14 +366,43 @@ def train_final(
     synthetic: bool,
     command: str = "",
     progress: bool = True,
+    init: Path | None = None,
 ) -> Path:
-    """Train ``kind`` on the whole cohort (inner split for early stopping), save it and its card."""
-    from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
+    """Train ``kind`` on the whole cohort (inner split for early stopping), save it and its card.
+
+    ``init`` is a checkpoint of the same architecture to start from (fine-tuning; its weights'
+    SHA-256 must be ``settings.init``); the card records where it came from.
+    """
+    from scanet_node.model.checkpoint import (
+        ModelCard,
+        load_checkpoint,
+        preprocessing,
+        save_checkpoint,
+    )
 
     started = time.perf_counter()
+    arch = settings.architecture(kind, cohort.size)
+    init_state = None
+    origin: dict[str, Any] = {}
+    if init is not None:
+        start, start_card = load_checkpoint(init)
+        if start_card.arch != arch:
+            raise ValueError(f"{init} is a {start_card.arch}, not the {arch} these settings train")
+        if start_card.weights_sha256 != settings.init:
+            raise ValueError(f"{init}'s weights are not those settings.init names")
+        init_state = start.state_dict()
+        origin = {
+            "checkpoint": init.name,
+            "weights_sha256": start_card.weights_sha256,
+            "data": start_card.training.get("data", ""),
+            "command": start_card.training.get("command", ""),
+            "cases": start_card.training.get("cases"),
+            "epochs_run": start_card.training.get("epochs_run"),
+            "seconds": start_card.training.get("seconds"),
+        }
     inner_train, inner_val = inner_split(cohort.labels, settings.val_fraction, settings.seed)
     result = fit(
-        settings.architecture(kind, cohort.size),
+        arch,
         cohort.inputs[inner_train],
         cohort.labels[inner_train],
         cohort.inputs[inner_val],
@@ -385,6 +414,7 @@ def train_final(
         curve_path=out_path.with_name(f"curve-{kind}.csv"),
         desc=f"final {kind}",
         progress=progress,
+        init_state=init_state,
     )
     card = ModelCard(
         architecture={},
@@ -400,6 +430,7 @@ def train_final(
             "best_epoch": result.best_epoch,
             "history": result.history,
             "command": command,
+            **({"initialised_from": origin} if origin else {}),
             # this run's time (a resumed run counts from its restart; the history has each
             # epoch's seconds)
             "seconds": round(time.perf_counter() - started, 1),

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,9 @@ class TrainSettings:
     #: axis, rotations and scale that move the head's edge as far) and its CTA by a further third
     #: of it, before standardisation, as ``prepare``'s registration leaves them at inference.
     misregister_mm: float = 0.0
+    #: Weights SHA-256 of the checkpoint training starts from (fine-tuning, [ours]); empty:
+    #: from scratch. Its input standardisation is kept.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.select not in ("best", "last"):
@@ -109,8 +112,9 @@ class TrainSettings:
         """What must match for a saved state to be resumed (patience, threads, and the number of
         epochs of a constant learning rate, may differ)."""
         values = asdict(self)
-        if not self.misregister_mm:
-            values.pop("misregister_mm")  # states saved before the option resume as they were
+        for option in ("misregister_mm", "init"):
+            if not values[option]:
+                values.pop(option)  # states saved before the option resume as they were
         # which epoch is kept does not change how training goes
         free_keys = ("patience", "threads", "select")
         for free in (*free_keys, *(("epochs",) if self.schedule == "constant" else ())):
@@ -314,13 +318,15 @@ def fit(
     curve_path: Path | None = None,
     desc: str = "train",
     progress: bool = True,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> FitResult:
     """Train one network with early stopping on validation AUC; resumable from ``state_path``.
 
     ``train_soft`` (the true probability, NaN where unknown) is the target instead of the label
     when ``settings.soft_targets``; ``train_slabs`` (-1 where unknown) feeds the slab term when
     ``settings.slab_weight``. The learning curve (loss, validation AUC, seconds and learning rate
-    per epoch) is rewritten to ``curve_path`` (CSV) after every epoch.
+    per epoch) is rewritten to ``curve_path`` (CSV) after every epoch. ``init_state`` (the
+    weights of ``settings.init``) starts from trained weights, input standardisation included.
     """
     from tqdm import tqdm
 
@@ -329,7 +335,9 @@ def fit(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model = build(arch).to(device)
-    if arch.subtract_mean or arch.standardize:
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    elif arch.subtract_mean or arch.standardize:
         sums = np.zeros(train_x.shape[1:], dtype=np.float64)
         squares = np.zeros(train_x.shape[1:], dtype=np.float64)
         for start in range(0, len(train_x), 32):

@@ -209,6 +209,43 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (report / "roc.png").is_file() and (report / "reliability.png").is_file()
 
 
+def test_fine_tuning_starts_from_a_checkpoint_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--init: the same architecture's weights and input standardisation are the start, the
+    card names them; another architecture, or --init with cross-validation, is refused."""
+    import torch as th
+
+    from scanet_node.model.checkpoint import load_checkpoint
+
+    common = ["--size", str(SMALL), "--batch-size", "4", "--lr", "1e-3", "--folds", "0"]
+    common += ["--standardize", "--no-baselines"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "--cohort", str(_tiny_cohort(tmp_path / "a")), "--out", str(first),
+                 "--epochs", "1", *common]) == 0  # fmt: skip
+    start, start_card = load_checkpoint(first / "scanet.pt")
+    tuned_on = _tiny_cohort(tmp_path / "b", seed=3)
+    argv = ["train", "--cohort", str(tuned_on), "--out", str(second), "--epochs", "1", *common]
+    assert main([*argv, "--init", str(first / "scanet.pt"), "--lr", "1e-9"]) == 0
+    tuned, card = load_checkpoint(second / "scanet.pt")
+    origin = card.training["initialised_from"]
+    assert (
+        origin["weights_sha256"] == start_card.weights_sha256 == card.training["settings"]["init"]
+    )
+    assert origin["checkpoint"] == "scanet.pt" and origin["cases"] == 16
+    # the start's standardisation is kept (not the new cohort's), and at lr 1e-9 the weights
+    # barely move from the start (batch norm's running statistics do, with the new data)
+    for name in ("input_mean", "input_scale"):
+        assert th.equal(dict(tuned.named_buffers())[name], dict(start.named_buffers())[name])
+    before = dict(start.named_parameters())
+    moved = max(float((p - before[n]).abs().max()) for n, p in tuned.named_parameters())
+    assert moved < 1e-3
+    assert main([*argv, "--init", str(first / "scanet.pt"), "--folds", "2"]) == 2
+    assert "use it with --folds 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not the"):
+        main([*argv, "--init", str(first / "scanet.pt"), "--depth", "18"])
+
+
 def test_soft_targets_replace_labels_where_the_probability_is_known() -> None:
     labels, soft = np.array([1, 0, 1]), np.array([0.8, 0.3, np.nan])
     assert training_targets(labels, soft, FAST).tolist() == [1.0, 0.0, 1.0]
