@@ -26,19 +26,30 @@ SIZE = 64
 SLAB = 14
 
 
-def _prepared(folder: Path, variant: str) -> tuple[ModelInput, list[Path], dict[str, object]]:
-    manifest = write_study(folder, PLAN, small=True, variant=variant)
+def _prepared(
+    folder: Path, variant: str, small: bool = True
+) -> tuple[ModelInput, list[Path], dict[str, object]]:
+    manifest = write_study(folder, PLAN, small=small, variant=variant)
     study = folder / PLAN.case_id
     entry = next(s for s in manifest["series"] if s["role"] == "ncct")
     paths = sorted((study / entry["folder"]).glob("*.dcm"))
     return prepare(study, size=SIZE), paths, manifest
 
 
-@pytest.mark.parametrize("variant", ["standard", "gantry-tilt", "reversed", "missing-slice"])
+@pytest.mark.parametrize(
+    ("variant", "small"),
+    [
+        ("standard", True),
+        ("gantry-tilt", True),
+        ("reversed", True),
+        ("missing-slice", True),
+        ("gantry-tilt", False),  # 512 x 512, 5 mm slices, 15 degrees: as scanners tilt
+    ],
+)
 def test_the_attention_lands_on_the_acquired_image_where_it_lies(
-    tmp_path: Path, variant: str
+    tmp_path: Path, variant: str, small: bool
 ) -> None:
-    model_input, paths, _ = _prepared(tmp_path, variant)
+    model_input, paths, _ = _prepared(tmp_path, variant, small)
     headers = [dcmread(p, stop_before_pixels=True) for p in paths]
     rows, columns = int(headers[0].Rows), int(headers[0].Columns)
     if variant == "gantry-tilt":  # the case that lost studies: the grid is larger
