@@ -116,6 +116,22 @@ class ModelCard:
                 "Options marked [ours] in `scanet-node train --help` are not the paper's.",
                 "",
             ]
+            origin = self.training.get("initialised_from")
+            if isinstance(origin, dict) and origin.get("command"):
+                before = origin.get("seconds")
+                lines += [
+                    f"It started from the weights `{origin.get('checkpoint', '?')}` "
+                    f"(SHA-256 `{str(origin.get('weights_sha256', ''))[:12]}...`), trained by",
+                    "",
+                    "```",
+                    str(origin["command"]),
+                    "```",
+                    "",
+                    f"on {origin.get('data', '?')} ({before / 60:.0f} min)."
+                    if isinstance(before, (int, float))
+                    else f"on {origin.get('data', '?')}.",
+                    "",
+                ]
         if isinstance(held_out, dict) and held_out.get("table"):
             lines += ["## Held-out evaluation", "", str(held_out["table"]).strip(), ""]
         lines += [
