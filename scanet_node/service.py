@@ -187,11 +187,12 @@ def _announce(node: Node, host: str, port: int) -> None:
         print(f"  {aet} only from: {', '.join(hosts)}", flush=True)
     workers = settings.pipeline.workers
     checkpoint = settings.model.checkpoint or DEFAULT_CHECKPOINT
-    model = (
-        str(checkpoint)
-        if checkpoint.is_file()
-        else "NONE: no demo weights are shipped; set [model] checkpoint (analyses fail until then)"
-    )
+    if not checkpoint.is_file():
+        model = f"NONE: {checkpoint} is missing; set [model] checkpoint (analyses fail until then)"
+    elif checkpoint == DEFAULT_CHECKPOINT:
+        model = f"{checkpoint} (demo weights: trained on synthetic data, NOT for clinical use)"
+    else:
+        model = str(checkpoint)
     print(f"  analysis: {workers} worker process(es), model {model}", flush=True)
     targets = ", ".join(
         f"{d.name} ({d.ae_title}@{d.host}:{d.port}{', TLS' if d.tls else ''})"

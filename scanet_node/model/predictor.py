@@ -55,8 +55,9 @@ def resolve_checkpoint(checkpoint: Path | None) -> Path:
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if checkpoint is None and not path.is_file():
         raise CheckpointError(
-            f"no demo weights are shipped ({path} is missing): train a model with "
-            "'scanet-node train' and pass its checkpoint ([model] checkpoint, --checkpoint)"
+            f"the demo weights are missing ({path}; they ship with scanet-node): reinstall, "
+            "or train a model with 'scanet-node train' and pass its checkpoint "
+            "([model] checkpoint, --checkpoint)"
         )
     return path
 

@@ -1,10 +1,10 @@
 """The shipped demo weights: what their card says, and that they rank an unseen cohort.
 
-The weights are trained on seed 1 of the synthetic generator (``models/scanet-demo.md``);
-this test scores seed 2, which they never saw, as template-space inputs (the shortcut that
-``test_synth_direct.py`` shows to give the statistics ``prepare`` gives). The full held-out
-evaluation, on 150+ full-size DICOM studies through ``prepare``, is
-``tests/benchmarks/model_heldout.py`` (minutes to hours; its table is in the card).
+The weights are trained on seed 1 of the synthetic generator (template-space inputs) and
+fine-tuned on seed 2 (full-size DICOM through ``prepare``); their card's held-out figures are
+on seed 3 (``tests/benchmarks/model_heldout.py``: 160 full-size studies through ``prepare``).
+This test scores seed 4, which none of that saw, as template-space inputs (the shortcut that
+``test_synth_direct.py`` holds to ``prepare``'s statistics), in a few minutes.
 """
 
 from __future__ import annotations
@@ -22,25 +22,17 @@ from scanet_node.synth.cohort import plan_cohort
 from scanet_node.synth.direct import clot_slab, template_input
 from scanet_node.synth.outcome import roc_auc
 
-HELD_OUT_SEED = 2  # the demo weights are trained on seed 1
+HELD_OUT_SEED = 4  # seeds 1 and 2 trained the demo weights, seed 3 is their card's held-out
 STUDIES = 40
 #: With 40 studies (about 20 of each class) the ROC-AUC of a model that ranks at random has a
 #: standard deviation of sqrt((n1 + n2 + 1) / (12 n1 n2)) ~ 0.09 around 0.5 (Hanley & McNeil
-#: 1982), so 0.70 is more than two of them above chance; the weights score ~0.8 on these
-#: studies (the card's held-out figure on 150+ prepared studies is the one to quote).
+#: 1982), so 0.70 is more than two of them above chance; the weights score 0.86 on these
+#: studies (measured 2026-12-06; the card's held-out figure on 160 prepared studies, 0.765,
+#: is the one to quote).
 MIN_AUC = 0.70
-#: The slice attention was trained towards the clot's slab; chance (3 of 26 slabs) is ~12 %.
+#: The slice attention was trained towards the clot's slab; chance (3 of 26 slabs) is ~12 %;
+#: the weights put their top slab within one of the clot in 75 % of these studies.
 MIN_NEAR_CLOT = 0.60
-
-
-# Shown in every run's summary (-ra) while no weights are shipped: not a silent pass. Weights
-# whose held-out ROC-AUC on prepared studies is below 0.70 are not shipped (issue 14); the CPU
-# recipe's best so far scored 0.677 (README, "Demo weights").
-pytestmark = pytest.mark.skipif(
-    not DEFAULT_CHECKPOINT.is_file(),
-    reason=f"no demo weights shipped: {DEFAULT_CHECKPOINT.name} is missing (issue 14: the CPU "
-    "recipe's best held-out ROC-AUC 0.677 is below the 0.70 needed to ship)",
-)
 
 
 def test_the_weights_are_shipped_with_a_card_that_says_synthetic() -> None:

@@ -138,5 +138,5 @@ def test_predictor_without_shipped_weights_says_what_to_do(
     import scanet_node.model.predictor as predictor_module
 
     monkeypatch.setattr(predictor_module, "DEFAULT_CHECKPOINT", tmp_path / "scanet-demo.pt")
-    with pytest.raises(CheckpointError, match="no demo weights are shipped"):
+    with pytest.raises(CheckpointError, match="the demo weights are missing"):
         Predictor()
