@@ -196,9 +196,10 @@ def test_a_catalog_of_an_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> 
     catalog = Catalog(url)
     catalog.record_instance(record(study, generate_uid()))
     catalog.close()
-    # What issue 6's scanet-node made: no purge_audit, no alembic_version.
+    # What issue 6's scanet-node made: no purge_audit, no job.worker_stops, no alembic_version.
     with sqlite3.connect(tmp_path / "catalog.sqlite") as con:
         con.execute("DROP TABLE purge_audit")
+        con.execute("ALTER TABLE job DROP COLUMN worker_stops")
         con.execute("DROP TABLE alembic_version")
     catalog = Catalog(url)
     assert [s.study_instance_uid for s in catalog.list_studies()] == [study]
