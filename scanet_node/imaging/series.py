@@ -450,15 +450,47 @@ class Plane:
     order, spacing, gaps) on the way to its regular grid.
     """
 
-    instance: int  # index of the dataset among those given to :func:`planes`
-    frame: int | None  # frame number of a multi-frame instance (0-based), else None
-    position: FloatArray  # ImagePositionPatient, LPS mm of the first pixel's centre
-    row_direction: FloatArray  # unit vector along a row (increasing column index)
-    column_direction: FloatArray  # unit vector down a column (increasing row index)
-    pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
-    rows: int
-    columns: int
     _frame: _Frame
+
+    @property
+    def instance(self) -> int:
+        """Index of its dataset among those given to :func:`planes`."""
+        return self._frame.source
+
+    @property
+    def frame(self) -> int | None:
+        """Frame number in a multi-frame instance (0-based), else None."""
+        return self._frame.frame
+
+    @property
+    def position(self) -> FloatArray:
+        """ImagePositionPatient: LPS mm of the first pixel's centre."""
+        return self._frame.position
+
+    @property
+    def row_direction(self) -> FloatArray:
+        """Unit vector along a row (increasing column index)."""
+        row = self._frame.orientation[:3]
+        return np.asarray(row / np.linalg.norm(row), dtype=np.float64)
+
+    @property
+    def column_direction(self) -> FloatArray:
+        """Unit vector down a column (increasing row index)."""
+        col = self._frame.orientation[3:]
+        return np.asarray(col / np.linalg.norm(col), dtype=np.float64)
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """(between rows, between columns) mm."""
+        return self._frame.pixel_spacing
+
+    @property
+    def rows(self) -> int:
+        return self._frame.rows
+
+    @property
+    def columns(self) -> int:
+        return self._frame.columns
 
     @property
     def normal(self) -> FloatArray:
@@ -495,26 +527,13 @@ class Plane:
 
 def planes(headers: Sequence[Dataset]) -> list[Plane]:
     """Every acquired image plane of a series' instances (headers without pixel data do)."""
-    out = []
-    for i, ds in enumerate(headers):
-        name = str(ds.get("SOPInstanceUID", "") or f"instance {i}")
-        for frame in _frames_of(ds, i, name, pixels=False):
-            row = np.asarray(frame.orientation[:3], dtype=np.float64)
-            col = np.asarray(frame.orientation[3:], dtype=np.float64)
-            out.append(
-                Plane(
-                    instance=i,
-                    frame=frame.frame,
-                    position=np.asarray(frame.position, dtype=np.float64),
-                    row_direction=row / np.linalg.norm(row),
-                    column_direction=col / np.linalg.norm(col),
-                    pixel_spacing=frame.pixel_spacing,
-                    rows=frame.rows,
-                    columns=frame.columns,
-                    _frame=frame,
-                )
-            )
-    return out
+    return [
+        Plane(frame)
+        for i, ds in enumerate(headers)
+        for frame in _frames_of(
+            ds, i, str(ds.get("SOPInstanceUID", "") or f"instance {i}"), pixels=False
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------
