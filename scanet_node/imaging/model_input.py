@@ -173,14 +173,6 @@ class ModelInput:
             dtype=np.float32,
         )
 
-    def ncct_slice_of_slab(self, slab: int) -> int:
-        """The native NCCT slice (index along the volume's slice axis) through a slab's centre."""
-        size = self.tensor.shape[-1]
-        centre = self.grid.index_to_mni(np.array([[(size - 1) / 2, (size - 1) / 2, slab]]))
-        lps = np.asarray(self.registration.mni_to_patient(centre, "ncct"))[0]
-        ijk = np.linalg.solve(self.ncct_affine[:3, :3], lps - self.ncct_affine[:3, 3])
-        return int(np.clip(round(float(ijk[2])), 0, self.ncct_shape[0] - 1))
-
     def attention_point(
         self, attention: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -73,6 +74,14 @@ def _headers(paths: list[Path]) -> list[Dataset]:
     return [dcmread(p, stop_before_pixels=True) for p in paths]
 
 
+def _input_paths(job: JobInfo, queue: JobQueue, spool_root: Path) -> dict[str, list[Path]]:
+    """The spool files of the job's NCCT and CTA, by role (none for a series it lacks)."""
+    return {
+        role: [spool_root / p for p in queue.catalog.instance_paths(uid)] if uid else []
+        for role, uid in (("ncct", job.ncct_series_uid), ("cta", job.cta_series_uid))
+    }
+
+
 def _link_inputs(folder: Path, series: dict[str, list[Path]]) -> Path:
     """A study folder of symbolic links to the chosen series' spool files, for ``prepare``."""
     if folder.exists():
@@ -88,22 +97,23 @@ def _link_inputs(folder: Path, series: dict[str, list[Path]]) -> Path:
 def overlays(
     model_input: ModelInput,
     prediction: Prediction,
+    attention: npt.NDArray[np.float32],
     ncct_headers: list[Dataset],
     ncct_paths: list[Path],
     count: int,
 ) -> list[OverlaySlice]:
     """The acquired NCCT images through the ``count`` most weighted slabs, with the attention.
 
-    Each is drawn in the geometry of the instance it references (see
+    ``attention`` is the prediction's attention volume on the model input's grid. Each image
+    is drawn in the geometry of the instance it references (see
     :mod:`scanet_node.imaging.overlay`), whatever ``prepare`` corrected on the way.
     """
     from scanet_node.imaging.overlay import draw_attention
     from scanet_node.results.types import OverlaySlice
 
-    size = model_input.tensor.shape[-1]
     # Attention only where the model saw the head: the input is zero outside the mask.
     inside = (model_input.tensor > 0).any(axis=0)
-    volume = prediction.attention_volume(size) * inside
+    volume = attention * inside
     peak = float(volume.max())
     drawn = draw_attention(
         model_input,
@@ -161,10 +171,7 @@ def analyse(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     folder = settings.results_dir / f"job-{job.id}"
-    paths = {
-        role: [spool_root / p for p in queue.catalog.instance_paths(uid)] if uid else []
-        for role, uid in (("ncct", job.ncct_series_uid), ("cta", job.cta_series_uid))
-    }
+    paths = _input_paths(job, queue, spool_root)
     headers = {role: _headers(p) for role, p in paths.items()}
     timings["load"] = time.perf_counter() - started
     algorithm = algorithm_info(predictor)
@@ -215,16 +222,16 @@ def analyse(
             prediction = predictor.predict(model_input)
             timings["infer"] = time.perf_counter() - tic
             tic = time.perf_counter()
+            attention = prediction.attention_volume(predictor.input_size)
             shown = overlays(
                 model_input,
                 prediction,
+                attention,
                 headers["ncct"],
                 paths["ncct"],
                 settings.results.overlay_slices,
             )
-            point, point_slab = model_input.attention_point(
-                prediction.attention_volume(predictor.input_size)
-            )
+            point, point_slab = model_input.attention_point(attention)
             timings["overlay"] = time.perf_counter() - tic
             result = AnalysisResult(
                 status="analysed",
@@ -258,10 +265,7 @@ def answer_failure(
 
     started = time.perf_counter()
     folder = settings.results_dir / f"job-{job.id}"
-    headers = {
-        role: _headers([spool_root / p for p in queue.catalog.instance_paths(uid)] if uid else [])
-        for role, uid in (("ncct", job.ncct_series_uid), ("cta", job.cta_series_uid))
-    }
+    headers = {role: _headers(p) for role, p in _input_paths(job, queue, spool_root).items()}
     timings = {"load": time.perf_counter() - started}
     result = AnalysisResult(
         status="not_analysable",
