@@ -32,6 +32,7 @@ from scanet_node.errors import CheckpointError
 
 if TYPE_CHECKING:
     from scanet_node.model.predictor import Predictor
+    from scanet_node.pipeline.analysis import Analysis
 
 logger = logging.getLogger(__name__)
 
@@ -210,20 +211,7 @@ class Worker:
                 f"({type(exc).__name__}; the details are in the node's log)",
             )
             return
-        recorded = self.queue.finish_job(
-            job.id,
-            self.owner,
-            outcome=analysis.outcome,
-            reason=analysis.reason,
-            probability=analysis.probability,
-            positive=analysis.positive,
-            model=analysis.model,
-            sr_sop_instance_uid=analysis.sr_sop_instance_uid,
-            results_dir=str(analysis.results_dir.resolve()),
-            timings=analysis.timings,
-            destinations=self.settings.destinations,
-        )
-        if not recorded:
+        if not self._record(job, analysis, analysis.reason):
             logger.warning("job %d: lease lost before the outcome was recorded", job.id)
             return
         what = (
@@ -238,6 +226,26 @@ class Worker:
             len(analysis.files),
             analysis.timings.get("total", 0.0),
             extra=extra,
+        )
+
+    def _record(
+        self, job: JobInfo, analysis: Analysis, reason: str | None, *, failed: bool = False
+    ) -> bool:
+        """Record the job's outcome (failed for good with ``failed``) and queue its deliveries;
+        False when the lease was lost to another worker."""
+        return self.queue.finish_job(
+            job.id,
+            self.owner,
+            outcome=analysis.outcome,
+            reason=reason,
+            probability=analysis.probability,
+            positive=analysis.positive,
+            model=analysis.model,
+            sr_sop_instance_uid=analysis.sr_sop_instance_uid,
+            results_dir=str(analysis.results_dir.resolve()),
+            timings=analysis.timings,
+            destinations=self.settings.destinations,
+            failed=failed,
         )
 
     def _answer_failure(self, job: JobInfo, reason: str, words: str) -> None:
@@ -268,21 +276,7 @@ class Worker:
             )
             self.queue.fail_job(job.id, self.owner, reason)
             return
-        recorded = self.queue.finish_job(
-            job.id,
-            self.owner,
-            outcome=report.outcome,
-            reason=reason,
-            probability=None,
-            positive=None,
-            model=report.model,
-            sr_sop_instance_uid=report.sr_sop_instance_uid,
-            results_dir=str(report.results_dir.resolve()),
-            timings=report.timings,
-            destinations=self.settings.destinations,
-            failed=True,
-        )
-        if recorded:
+        if self._record(job, report, reason, failed=True):
             logger.info(
                 "job %d: failed; the study is told so (%d result instances)",
                 job.id,
