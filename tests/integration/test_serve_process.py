@@ -263,10 +263,9 @@ def test_serve_stops_whole_when_its_banner_cannot_be_written(tmp_path: Path) -> 
     assert _processes_with(marker) == []  # no worker left behind
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_returns_only_when_nothing_of_it_is_left(tmp_path: Path, sig: int) -> None:
-    """Stopped by a signal, serve exits after its worker and multiprocessing's resource tracker
-    have: nothing of it is alive the moment it has exited (no waiting here)."""
+def _serve_with_a_worker(tmp_path: Path) -> tuple[ServeProcess, str]:
+    """serve with one worker, its processes marked; returns once all three are up (serve,
+    multiprocessing's resource tracker and the spawned worker)."""
     marker = uuid.uuid4().hex
     server = ServeProcess(
         tmp_path / "data",
@@ -274,8 +273,16 @@ def test_serve_returns_only_when_nothing_of_it_is_left(tmp_path: Path, sig: int)
     )
     deadline = time.monotonic() + 60
     while len(_processes_with(marker)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)  # serve, the resource tracker and the spawned worker
+        time.sleep(0.2)
     assert len(_processes_with(marker)) == 3
+    return server, marker
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_returns_only_when_nothing_of_it_is_left(tmp_path: Path, sig: int) -> None:
+    """Stopped by a signal, serve exits after its worker and multiprocessing's resource tracker
+    have: nothing of it is alive the moment it has exited (no waiting here)."""
+    server, marker = _serve_with_a_worker(tmp_path)
     code, err = server.stop(sig, timeout=60)
     left = _processes_with(marker)
     for pid in left:
@@ -287,15 +294,7 @@ def test_serve_returns_only_when_nothing_of_it_is_left(tmp_path: Path, sig: int)
 def test_a_worker_stops_when_serve_is_killed(tmp_path: Path) -> None:
     """SIGKILL of serve (the OOM killer, kill -9): its worker process notices and exits instead
     of working on as an orphan."""
-    marker = uuid.uuid4().hex
-    server = ServeProcess(
-        tmp_path / "data",
-        env={"SCANET__PIPELINE__WORKERS": "1", "SCANET_TEST_MARKER": marker},
-    )
-    deadline = time.monotonic() + 60
-    while len(_processes_with(marker)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)  # serve, multiprocessing's resource tracker and the spawned worker
-    assert len(_processes_with(marker)) == 3
+    server, marker = _serve_with_a_worker(tmp_path)
     server.proc.kill()
     server.proc.communicate(timeout=30)
     deadline = time.monotonic() + 20
