@@ -158,7 +158,13 @@ class CatalogSettings(_Section):
 class PipelineSettings(_Section):
     """``[pipeline]``: timing of the hand-over from ingest to analysis."""
 
+    #: A series counts as complete after this long without a new instance...
     series_settle_seconds: float = Field(default=10.0, gt=0, le=86400)
+    #: ... or this long after its sender was done with it: the association that delivered it
+    #: was released, or moved on to another series, and no other association is delivering
+    #: it. ``series_settle_seconds`` stays the fallback for senders that hold associations
+    #: open or spread a series over several.
+    settle_after_release_seconds: float = Field(default=1.0, ge=0, le=3600)
     #: A patient's NCCT and CTA received within this many seconds of each other are paired,
     #: even across studies; a series waiting longer for its partner is reported missing.
     pairing_window_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
@@ -183,8 +189,10 @@ class PipelineSettings(_Section):
 
     @property
     def settle_sweep_seconds(self) -> float:
-        """How often the settle sweep runs: often enough to add at most ~1 s of delay."""
-        return max(0.2, min(1.0, self.series_settle_seconds / 4))
+        """How often the settle sweep runs: often enough to add at most a quarter of the
+        shorter settle time (and never more than 1 s) of delay."""
+        shortest = min(self.series_settle_seconds, self.settle_after_release_seconds or 1.0)
+        return max(0.2, min(1.0, shortest / 4))
 
 
 class Destination(_Section):

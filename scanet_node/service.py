@@ -41,6 +41,7 @@ class Node:
             self.catalog,
             settings.pipeline.series_settle_seconds,
             settings.pipeline.settle_sweep_seconds,
+            release_grace_seconds=settings.pipeline.settle_after_release_seconds,
             spool_root=self.spool.root,
             rules=rules_from_settings(settings.imaging),
             pairing_window_seconds=settings.pipeline.pairing_window_seconds,

@@ -115,6 +115,10 @@ class Series(Base):
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: When a sender was last done with the series (its association released, or moved on to
+    #: another series) while no other association was delivering it; cleared by the next
+    #: instance. The settle sweep settles it ``settle_after_release_seconds`` later.
+    released_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: "ncct", "cta" or "other", decided when the series settles (imaging/classify.py).
     role: Mapped[str | None] = mapped_column(String(8))
     role_reason: Mapped[str | None] = mapped_column(Text)

@@ -9,7 +9,7 @@ busy timeout instead of failing on a lock upgrade.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -116,6 +116,9 @@ class SettledSeries:
     series_instance_uid: str
     modality: str | None
     num_instances: int
+    #: "released" (its sender was done with it, then the grace passed) or "quiet" (nothing
+    #: received for ``series_settle_seconds``).
+    why: str = "quiet"
 
 
 class _Conflict(Exception):
@@ -318,6 +321,7 @@ class Catalog:
                 last_received_at=self._greatest(Series.last_received_at, p("at")),
                 state=SeriesState.RECEIVING,
                 settled_at=None,
+                released_at=None,
             )
         )
         self._st_touch_study = (
@@ -393,12 +397,41 @@ class Catalog:
         reopened = series_state == SeriesState.SETTLED
         return RecordOutcome(existing is None, new_study, new_series, reopened)
 
+    def mark_series_released(self, series_uids: Sequence[str], at: datetime | None = None) -> int:
+        """Note that a sender is done with these series (released, or moved on); return how
+        many receiving series were marked. The next instance of a series clears the mark."""
+        if not series_uids:
+            return 0
+        at = at or utcnow()
+        with self._write() as session:
+            result = session.execute(
+                update(Series)
+                .where(
+                    Series.series_instance_uid.in_(list(series_uids)),
+                    Series.state == SeriesState.RECEIVING,
+                    Series.last_received_at <= at,
+                )
+                .values(released_at=at)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def settle_series(
-        self, settle_seconds: float, now: datetime | None = None
+        self,
+        settle_seconds: float,
+        now: datetime | None = None,
+        *,
+        release_grace_seconds: float | None = None,
     ) -> list[SettledSeries]:
-        """Mark settled every receiving series quiet for ``settle_seconds``; return them."""
+        """Mark settled every receiving series quiet for ``settle_seconds``, or released by its
+        sender (:meth:`mark_series_released`) ``release_grace_seconds`` ago; return them."""
         now = now or utcnow()
         cutoff = now - timedelta(seconds=settle_seconds)
+        due = Series.last_received_at <= cutoff
+        if release_grace_seconds is not None:
+            due = due | (
+                Series.released_at.is_not(None)
+                & (Series.released_at <= now - timedelta(seconds=release_grace_seconds))
+            )
         with self._write() as session:
             rows = session.execute(
                 select(
@@ -407,18 +440,22 @@ class Catalog:
                     Series.series_instance_uid,
                     Series.modality,
                     Series.num_instances,
+                    Series.last_received_at,
                 )
                 .join(Study, Study.id == Series.study_id)
-                .where(Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff)
+                .where(Series.state == SeriesState.RECEIVING, due)
                 .with_for_update(skip_locked=True)
             ).all()
             if rows:
                 session.execute(
                     update(Series)
                     .where(Series.id.in_([r.id for r in rows]))
-                    .values(state=SeriesState.SETTLED, settled_at=now)
+                    .values(state=SeriesState.SETTLED, settled_at=now, released_at=None)
                 )
-        return [SettledSeries(r[1], r[2], r[3], r[4]) for r in rows]
+        return [
+            SettledSeries(r[1], r[2], r[3], r[4], "quiet" if r[5] <= cutoff else "released")
+            for r in rows
+        ]
 
     def list_studies(self) -> list[StudySummary]:
         """Every study with its series, most recently received first."""

@@ -58,6 +58,9 @@ class _AssociationStats:
     stored: int = 0
     failed: int = 0
     outcome: str = "closed"
+    #: The series this association has stored instances of, and the one it stored last.
+    series: set[str] = field(default_factory=set)
+    current: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,16 @@ class StoreService:
                 stats.outcome = outcome
 
     def handle_conn_close(self, event: Any) -> None:
-        """Write the association's one log line."""
+        """Write the association's one log line; after a release, mark its series done."""
         with self._lock:
             stats = self._stats.pop(event.assoc, None)
+            done = self._not_delivered_elsewhere(stats.series) if stats is not None else []
         if stats is None:
             return
+        if stats.outcome == "released":
+            # An aborted or lost association may have more to send: its series wait for the
+            # quiet time instead.
+            self._mark_released(done)
         self._remember(
             AssociationRecord(
                 stats.calling_aet,
@@ -172,6 +180,22 @@ class StoreService:
             stats.failed,
             extra={"calling_aet": stats.calling_aet},
         )
+
+    def _not_delivered_elsewhere(self, series: set[str]) -> list[str]:
+        """Those of ``series`` that no open association is delivering now (lock held)."""
+        busy = {s.current for s in self._stats.values()}
+        return sorted(series - busy)
+
+    def _mark_released(self, series_uids: list[str]) -> None:
+        """Tell the catalog a sender is done with these series; the settle sweep settles
+        them after ``[pipeline] settle_after_release_seconds``. A failure only logs: the
+        series then settle after ``series_settle_seconds`` of quiet, as before."""
+        if not series_uids:
+            return
+        try:
+            self.catalog.mark_series_released(series_uids)
+        except Exception:
+            logger.exception("could not mark %d series as released", len(series_uids))
 
     def handle_rejected(self, event: Any) -> None:
         """Log a refused association and the reason."""
@@ -227,14 +251,23 @@ class StoreService:
             counted = ("refused", f"0x{code:04X}")
         else:
             counted = ("duplicate" if self._store_call.duplicate else "stored", "0x0000")
+        moved_on: list[str] = []
         with self._lock:
             self._instance_counts[counted] += 1
             stats = self._stats.get(event.assoc)
             if stats is not None:
                 if status == STATUS_SUCCESS:
                     stats.stored += 1
+                    series = self._store_call.series_uid
+                    previous, stats.current = stats.current, series
+                    stats.series.add(series)
+                    if previous is not None and previous != series:
+                        # The sender moved on to another series: it is done with the last
+                        # one, unless another association is still delivering it.
+                        moved_on = self._not_delivered_elsewhere({previous})
                 else:
                     stats.failed += 1
+        self._mark_released(moved_on)
         return status
 
     def _store(self, event: Any) -> int | Dataset:
@@ -298,6 +331,7 @@ class StoreService:
 
         # The same SOP Instance UID again: a resend, refreshed in place (not a new instance).
         self._store_call.duplicate = not outcome.new_instance
+        self._store_call.series_uid = ident.series_instance_uid
         context = {
             "study_uid": ident.study_instance_uid,
             "series_uid": ident.series_instance_uid,

@@ -178,7 +178,7 @@ def _before_a_job(
             last,
             "receiving",
             f"{len(receiving)} series still receiving; settles at {clock(settles)} if "
-            "nothing more arrives",
+            "nothing more arrives, or a moment after its sender is done",
             settles,
         )
     if any(s.role is None for s in study.series):

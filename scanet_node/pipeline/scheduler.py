@@ -1,6 +1,8 @@
 """The scheduler: APScheduler jobs for timed work, the settle sweep and the trigger.
 
-Every tick (``min(1 s, settle/4)``) it marks quiet series settled, decides the role of each
+Every tick (``PipelineSettings.settle_sweep_seconds``) it marks settled the series whose
+sender is done with them (released, or moved on to another series) for the release grace, and
+those quiet for the settle time, decides the role of each
 newly settled series (imaging/classify.py: the header, the pixels only when the tags are
 silent) and lets the trigger (pipeline/trigger.py) queue the jobs that the patient's series
 now call for. A job queued here is picked up by a worker (pipeline/worker.py).
@@ -30,16 +32,20 @@ RETENTION_FIRST_DELAY_SECONDS = 5.0
 logger = logging.getLogger(__name__)
 
 
-def sweep_settled(catalog: Catalog, settle_seconds: float) -> list[SettledSeries]:
-    """Mark settled the series quiet for ``settle_seconds`` and log one line per series."""
-    settled = catalog.settle_series(settle_seconds)
+def sweep_settled(
+    catalog: Catalog, settle_seconds: float, release_grace_seconds: float | None = None
+) -> list[SettledSeries]:
+    """Mark settled the series quiet for ``settle_seconds`` or released by their sender
+    ``release_grace_seconds`` ago; log one line per series."""
+    settled = catalog.settle_series(settle_seconds, release_grace_seconds=release_grace_seconds)
     for s in settled:
         logger.info(
-            "study %s: series %s settled (%s, %d instances)",
+            "study %s: series %s settled (%s, %d instances, %s)",
             s.study_instance_uid,
             s.series_instance_uid,
             s.modality,
             s.num_instances,
+            "sender done" if s.why == "released" else "quiet",
             extra={"study_uid": s.study_instance_uid, "series_uid": s.series_instance_uid},
         )
     return settled
@@ -110,6 +116,9 @@ class Scheduler:
         The catalog the jobs read and update.
     settle_seconds
         Quiet time after which a series counts as complete.
+    release_grace_seconds
+        Time after its sender was done with a series (association released, or moved on)
+        after which it counts as complete; ``None``: only the quiet time counts.
     sweep_seconds
         How often the sweep runs.
     spool_root, rules, pairing_window_seconds
@@ -125,6 +134,7 @@ class Scheduler:
         settle_seconds: float,
         sweep_seconds: float,
         *,
+        release_grace_seconds: float | None = None,
         spool_root: Path | None = None,
         rules: ClassificationRules | None = None,
         pairing_window_seconds: float = 3600.0,
@@ -133,6 +143,7 @@ class Scheduler:
     ) -> None:
         self.catalog = catalog
         self.settle_seconds = settle_seconds
+        self.release_grace_seconds = release_grace_seconds
         self.sweep_seconds = sweep_seconds
         self.spool_root = spool_root
         self.rules = rules or ClassificationRules()
@@ -150,7 +161,7 @@ class Scheduler:
         """One tick: settle, classify, trigger. Errors are logged; the next tick retries."""
         try:
             with self._lock:
-                sweep_settled(self.catalog, self.settle_seconds)
+                sweep_settled(self.catalog, self.settle_seconds, self.release_grace_seconds)
                 if self.spool_root is not None:
                     classify_settled(self.queue, self.spool_root, self.rules)
                     trigger(self.queue, self.pairing_window_seconds)

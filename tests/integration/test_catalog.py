@@ -113,6 +113,27 @@ def test_settle_sweep(catalog: Catalog) -> None:
     assert all(s.settled_at is None for s in summary.series)
 
 
+def test_a_series_its_sender_released_settles_after_the_grace(catalog: Catalog) -> None:
+    study, done, other, grown = generate_uid(), generate_uid(), generate_uid(), generate_uid()
+    now = utcnow()
+    for series in (done, other, grown):
+        catalog.record_instance(record(study, series, at=now - timedelta(seconds=3)))
+    assert catalog.mark_series_released([done, grown], at=now - timedelta(seconds=2)) == 2
+    # The next instance of a released series clears the mark: the sender was not done.
+    catalog.record_instance(record(study, grown, at=now - timedelta(seconds=1)))
+    # Within the grace nothing settles; after it, the released series does, and only it.
+    assert catalog.settle_series(60, now=now, release_grace_seconds=5) == []
+    settled = catalog.settle_series(60, now=now, release_grace_seconds=1.5)
+    assert [(s.series_instance_uid, s.why) for s in settled] == [(done, "released")]
+    # Without a release grace only the quiet time counts, as before.
+    assert catalog.settle_series(60, now=now) == []
+    assert [s.why for s in catalog.settle_series(2, now=now)] == ["quiet"]
+    # A settled series is not marked again; marking an unknown series is harmless.
+    assert catalog.mark_series_released([done, generate_uid()]) == 0
+    states = {s.series_instance_uid: s.state for s in catalog.get_study(study).series}  # type: ignore[union-attr]
+    assert states == {done: "settled", other: "settled", grown: "receiving"}
+
+
 def test_out_of_order_times_keep_the_latest(catalog: Catalog) -> None:
     study, series = generate_uid(), generate_uid()
     now = utcnow()
@@ -196,10 +217,12 @@ def test_a_catalog_of_an_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> 
     catalog = Catalog(url)
     catalog.record_instance(record(study, generate_uid()))
     catalog.close()
-    # What issue 6's scanet-node made: no purge_audit, no job.worker_stops, no alembic_version.
+    # What issue 6's scanet-node made: no purge_audit, no job.worker_stops, no
+    # series.released_at, no alembic_version.
     with sqlite3.connect(tmp_path / "catalog.sqlite") as con:
         con.execute("DROP TABLE purge_audit")
         con.execute("ALTER TABLE job DROP COLUMN worker_stops")
+        con.execute("ALTER TABLE series DROP COLUMN released_at")
         con.execute("DROP TABLE alembic_version")
     catalog = Catalog(url)
     assert [s.study_instance_uid for s in catalog.list_studies()] == [study]

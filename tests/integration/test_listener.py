@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NodeFactory
+from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_dataset, ct_series, iter_spool
 from pydicom import config as pydicom_config
 from pydicom import dcmread
@@ -25,6 +25,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     MRImageStorage,
     RLELossless,
+    generate_uid,
 )
 from pynetdicom import _config
 from scu import association
@@ -324,6 +325,102 @@ def test_series_settles_when_quiet(node_factory: NodeFactory) -> None:
         state = study.series[0].state
     assert state == "settled"
     assert study.series[0].settled_at is not None
+
+
+def _states(node: Node, study_uid: str) -> dict[str, str]:
+    study = node.catalog.get_study(study_uid)
+    assert study is not None
+    return {s.series_instance_uid: s.state for s in study.series}
+
+
+def test_a_series_settles_soon_after_its_sender_releases_the_association(
+    node_factory: NodeFactory,
+) -> None:
+    # The quiet time is far off: only the release can settle the series within the test.
+    node = node_factory(
+        pipeline={"series_settle_seconds": 600, "settle_after_release_seconds": 0.5}
+    )
+    series = ct_series(3)
+    uid = series[0].SeriesInstanceUID
+    with association(node) as assoc:
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == 0x0000
+        time.sleep(1.5)  # three graces with the association open: it still receives
+        assert _states(node, series[0].StudyInstanceUID) == {uid: "receiving"}
+    wait_for(
+        "the series to settle after the release",
+        lambda: _states(node, series[0].StudyInstanceUID) == {uid: "settled"},
+    )
+
+
+def test_a_series_another_association_still_delivers_does_not_settle_on_release(
+    node_factory: NodeFactory,
+) -> None:
+    node = node_factory(
+        pipeline={"series_settle_seconds": 600, "settle_after_release_seconds": 0.5}
+    )
+    series = ct_series(4)
+    study_uid, uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    with association(node) as second:
+        with association(node) as first:
+            assert first.send_c_store(series[0]).Status == 0x0000
+            assert second.send_c_store(series[1]).Status == 0x0000
+        # The first association is released; the second is still delivering the series.
+        time.sleep(1.5)
+        assert _states(node, study_uid) == {uid: "receiving"}
+        assert second.send_c_store(series[2]).Status == 0x0000
+        assert second.send_c_store(series[3]).Status == 0x0000
+    wait_for(
+        "the series to settle once its last sender released",
+        lambda: _states(node, study_uid) == {uid: "settled"},
+    )
+    study = node.catalog.get_study(study_uid)
+    assert study is not None and study.series[0].num_instances == 4
+
+
+def test_a_series_settles_when_its_sender_moves_on_to_the_next_one(
+    node_factory: NodeFactory,
+) -> None:
+    # A scanner sends the NCCT, then the CTA, on one association: the NCCT is complete as
+    # soon as the CTA starts, so it can be prepared while the CTA arrives.
+    node = node_factory(
+        pipeline={"series_settle_seconds": 600, "settle_after_release_seconds": 0.5}
+    )
+    ncct = ct_series(2)
+    cta_uid = generate_uid()
+    cta = [ct_dataset(ncct[0].StudyInstanceUID, cta_uid, index=i) for i in range(2)]
+    study_uid = ncct[0].StudyInstanceUID
+    with association(node) as assoc:
+        for ds in (*ncct, cta[0]):
+            assert assoc.send_c_store(ds).Status == 0x0000
+        wait_for(
+            "the first series to settle while the association sends the second",
+            lambda: (
+                _states(node, study_uid)
+                == {ncct[0].SeriesInstanceUID: "settled", cta[0].SeriesInstanceUID: "receiving"}
+            ),
+        )
+        time.sleep(1.0)  # two graces: the series being sent stays open
+        assert _states(node, study_uid)[cta[0].SeriesInstanceUID] == "receiving"
+        assert assoc.send_c_store(cta[1]).Status == 0x0000
+    wait_for(
+        "the second series to settle after the release",
+        lambda: set(_states(node, study_uid).values()) == {"settled"},
+    )
+
+
+def test_an_aborted_association_leaves_its_series_to_the_quiet_time(
+    node_factory: NodeFactory,
+) -> None:
+    node = node_factory(pipeline={"series_settle_seconds": 3, "settle_after_release_seconds": 0.2})
+    series = ct_series(2)
+    study_uid, uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    with association(node) as assoc:
+        assert assoc.send_c_store(series[0]).Status == 0x0000
+        assoc.abort()
+    time.sleep(1.0)  # five graces: an abort is not a release
+    assert _states(node, study_uid) == {uid: "receiving"}
+    wait_for("the quiet time to settle it", lambda: _states(node, study_uid) == {uid: "settled"})
 
 
 def test_logs_have_one_line_per_association_and_no_patient_identity(

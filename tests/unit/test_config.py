@@ -76,6 +76,16 @@ port = 104
     assert s.destinations[0].name == "pacs"
 
 
+def test_the_settle_sweep_keeps_up_with_the_shorter_settle_time() -> None:
+    from scanet_node.config import PipelineSettings
+
+    assert PipelineSettings().settle_after_release_seconds == 1.0
+    assert PipelineSettings().settle_sweep_seconds == 0.25  # a quarter of the 1 s grace
+    assert PipelineSettings(settle_after_release_seconds=8).settle_sweep_seconds == 1.0
+    assert PipelineSettings(settle_after_release_seconds=0).settle_sweep_seconds == 0.25
+    assert PipelineSettings(series_settle_seconds=0.4).settle_sweep_seconds == 0.2
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -93,6 +103,10 @@ port = 104
         ('[security]\ntls_cert = "/nonexistent/cert.pem"\n', "tls_key is required"),
         ('[catalog]\nurl = "mysql://x"\n', "[catalog] url: 'mysql://x' is not a supported"),
         ("[pipeline]\nseries_settle_seconds = 0\n", "[pipeline] series_settle_seconds:"),
+        (
+            "[pipeline]\nsettle_after_release_seconds = -1\n",
+            "[pipeline] settle_after_release_seconds:",
+        ),
         ('[imaging]\nextra_cta_patterns = ["(unclosed"]\n', "[imaging] extra_cta_patterns:"),
         (
             "[imaging]\ncta_min_vessel_fraction = 0.0001\n",
