@@ -48,7 +48,7 @@ from pydicom.uid import (
 
 from scanet_node.config import ImagingSettings
 from scanet_node.errors import ImagingError
-from scanet_node.imaging.series import Volume, find_series, load_series
+from scanet_node.imaging.series import SeriesOnDisk, Volume, find_series, load_series
 
 logger = logging.getLogger(__name__)
 
@@ -805,16 +805,18 @@ def choose_series(
     rules: ClassificationRules | None = None,
     *,
     load: Callable[[Sequence[Path]], Volume] = load_series,
+    found: Sequence[SeriesOnDisk] | None = None,
 ) -> Selection:
     """Find the series of a study folder, classify them and choose the NCCT and CTA.
 
     Series whose tags are silent or contradict are loaded (``load``) for an image check; a
-    series that cannot be loaded is left out, and the reasons say so.
+    series that cannot be loaded is left out, and the reasons say so. ``found``: the folder's
+    :func:`find_series`, when the caller has it already (it reads every file's header).
     """
     rules = rules or ClassificationRules()
     candidates: list[tuple[str, SeriesFacts]] = []
     notes: list[str] = []
-    found = find_series(study_dir)
+    found = find_series(study_dir) if found is None else found
     for series in found:
         facts = facts_from_header(series.header, len(series.paths), series.number_of_images)
         try:

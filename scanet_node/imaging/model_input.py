@@ -138,8 +138,6 @@ class ModelInput:
         draws a template-space map (an attention map) back onto the native NCCT.
     ncct_shape, ncct_affine
         The native NCCT grid (``[k, j, i]``, index -> LPS mm) to draw back onto.
-    ncct_hu
-        The native NCCT on that grid, in HU (what the attention is drawn over).
     timings
         Seconds per stage.
     """
@@ -154,7 +152,6 @@ class ModelInput:
     registration: Any
     ncct_shape: tuple[int, int, int]
     ncct_affine: npt.NDArray[np.float64]
-    ncct_hu: npt.NDArray[np.float32]
     timings: dict[str, float] = field(default_factory=dict)
 
     def slab_to_ncct(self, slab_map: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:

@@ -31,12 +31,24 @@ from scanet_node.imaging.model_input import (
     to_slabs,
     window,
 )
+from scanet_node.imaging.ncct_cache import NcctCache, PreparedNcct
+from scanet_node.imaging.ncct_cache import signature as ncct_signature
 from scanet_node.imaging.qc import MIN_BRAIN_COVERAGE, NotAnalysable, brain_coverage
-from scanet_node.imaging.register import MIN_SIMILARITY, Method, RegistrationError, register
+from scanet_node.imaging.register import (
+    MIN_SIMILARITY,
+    Method,
+    RegistrationError,
+    register_cta,
+    register_ncct,
+)
 from scanet_node.imaging.series import Volume, find_series, load_series
 from scanet_node.imaging.template import load_template
 
 logger = logging.getLogger(__name__)
+
+#: How long ``prepare`` waits for an NCCT that a worker is preparing ahead of its job before
+#: it prepares the NCCT itself (an NCCT takes about 4 s on 2 cores).
+NCCT_WAIT_SECONDS = 30.0
 
 #: The intracranial mask is grown by this much before zeroing outside it, so that vessels
 #: at the brain surface and in the basal cisterns stay in the input.
@@ -55,11 +67,95 @@ class _CachedLoader:
             self._volumes[key] = load_series(key)
         return self._volumes[key]
 
+    def forget(self, paths: Sequence[Path]) -> None:
+        """Drop a series that is no longer needed."""
+        self._volumes.pop(tuple(paths), None)
+
+
+def _load(load: _CachedLoader, paths: Sequence[Path]) -> Volume:
+    try:
+        return load(paths)
+    except ImagingError as exc:
+        raise NotAnalysable("unreadable_series", str(exc)) from exc
+
 
 def _template_brain_points(step: int = 3) -> npt.NDArray[np.float64]:
     template = load_template()
     ijk = np.argwhere(template.brain_mask_1mm[::step, ::step, ::step])[:, ::-1] * step
     return template.grid_1mm.index_to_mni(ijk)
+
+
+def prepare_ncct(
+    ncct: Volume,
+    *,
+    method: Method = "affine",
+    size: int = SIZE,
+    min_similarity: float = MIN_SIMILARITY,
+) -> PreparedNcct:
+    """The NCCT's half of :func:`prepare`, which can run before the CTA has arrived.
+
+    Head check, brain extraction, NCCT -> template, the NCCT on the model's grid and its brain
+    coverage: all that the CTA's half needs, and none of the full-size NCCT.
+
+    Raises
+    ------
+    NotAnalysable
+        Not a head, no brain, a registration below ``min_similarity``, or the brain not fully
+        covered.
+    """
+    timings: dict[str, float] = {}
+    evidence = image_evidence(ncct)
+    if not evidence.is_head:
+        raise NotAnalysable("not_a_head", f"NCCT: {evidence.summary}")
+    t = time.perf_counter()
+    try:
+        brain = extract_brain(ncct.hu, ncct.affine)
+    except BrainExtractionError as exc:
+        raise NotAnalysable("brain_extraction_failed", str(exc)) from exc
+    timings["brain_extraction"] = time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        half = register_ncct(
+            ncct.hu,
+            ncct.affine,
+            brain=brain,
+            method=method,
+            grid=fine_grid(size),
+            min_similarity=min_similarity,
+        )
+    except RegistrationError as exc:
+        raise NotAnalysable("registration_dissimilar", str(exc)) from exc
+    timings["registration"] = time.perf_counter() - t
+    shape = (int(ncct.hu.shape[0]), int(ncct.hu.shape[1]), int(ncct.hu.shape[2]))
+    coverage = brain_coverage(
+        _template_brain_points(),
+        lambda m: half.transform.mni_to_patient(m, "ncct"),
+        shape,
+        ncct.affine,
+    )
+    _check_coverage("ncct", coverage)
+    return PreparedNcct(
+        study_instance_uid=str(ncct.study_instance_uid),
+        series_instance_uid=str(ncct.series_instance_uid),
+        frame_of_reference_uid=str(ncct.frame_of_reference_uid),
+        shape=shape,
+        affine=np.asarray(ncct.affine, dtype=np.float64),
+        reasons=[f"NCCT: {c}" for c in ncct.corrections]
+        + [f"NCCT: problem: {p}" for p in ncct.problems],
+        head=evidence.summary,
+        coverage=coverage,
+        registration=half,
+        timings=timings,
+    )
+
+
+def _check_coverage(label: str, fraction: float) -> None:
+    if fraction < MIN_BRAIN_COVERAGE:
+        raise NotAnalysable(
+            "incomplete_coverage",
+            f"{label.upper()} covers {fraction:.0%} of the brain "
+            f"(at least {MIN_BRAIN_COVERAGE:.0%} needed)",
+        )
 
 
 def prepare(
@@ -69,8 +165,12 @@ def prepare(
     method: Method = "affine",
     size: int = SIZE,
     min_similarity: float = MIN_SIMILARITY,
+    ncct_cache: NcctCache | None = None,
 ) -> ModelInput:
     """Make the model input of the study in ``study_dir`` (one folder per series inside).
+
+    With ``ncct_cache``, the NCCT's half (:func:`prepare_ncct`) is taken from it when an entry
+    with the NCCT's signature is there, and put in it otherwise.
 
     Raises
     ------
@@ -81,102 +181,103 @@ def prepare(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     load = _CachedLoader()
-    selection = choose_series(study_dir, rules, load=load)
+    series = find_series(study_dir)
+    selection = choose_series(study_dir, rules, load=load, found=series)
     reasons = list(selection.reasons)
     if selection.ncct_uid is None:
         raise NotAnalysable("no_ncct", "; ".join(reasons) or "the study holds no series")
     if selection.cta_uid is None:
         raise NotAnalysable("no_cta", "; ".join(reasons))
-    paths = {s.series_instance_uid: s.paths for s in find_series(study_dir)}
-    try:
-        ncct = load(paths[selection.ncct_uid])
-        cta = load(paths[selection.cta_uid])
-    except ImagingError as exc:
-        raise NotAnalysable("unreadable_series", str(exc)) from exc
-    for label, volume in (("NCCT", ncct), ("CTA", cta)):
-        reasons += [f"{label}: {c}" for c in volume.corrections]
-        reasons += [f"{label}: problem: {p}" for p in volume.problems]
-    timings["load"] = time.perf_counter() - started
-
-    evidence = image_evidence(ncct)
-    if not evidence.is_head:
-        raise NotAnalysable("not_a_head", f"NCCT: {evidence.summary}")
+    found = {s.series_instance_uid: s for s in series}
+    ncct_paths = found[selection.ncct_uid].paths
+    study_uid = str(found[selection.ncct_uid].header.get("StudyInstanceUID", ""))
+    # The CTA first: its NCCT may be being prepared meanwhile (pipeline/worker.py).
+    t = time.perf_counter()
+    cta = _load(load, found[selection.cta_uid].paths)
+    timings["load"] = time.perf_counter() - t
+    ncct: PreparedNcct | None = None
+    key = None
+    if ncct_cache is not None:
+        key = ncct_signature(
+            ncct_paths, series_instance_uid=selection.ncct_uid, method=method, size=size
+        )
+        t = time.perf_counter()
+        ncct = ncct_cache.wait(study_uid, key, NCCT_WAIT_SECONDS)
+        timings["ncct_wait"] = time.perf_counter() - t
+        if ncct is not None and ncct.registration.similarity < min_similarity:
+            ncct = None  # prepared under a lower [imaging] min_registration_similarity
+    timings["ncct_cached"] = float(ncct is not None)
+    if ncct is not None:  # the seconds its preparation took, before this call
+        timings["ncct_ahead"] = round(sum(ncct.timings.values()), 3)
+    if ncct is None:
+        t = time.perf_counter()
+        volume = _load(load, ncct_paths)
+        timings["load"] += time.perf_counter() - t
+        ncct = prepare_ncct(volume, method=method, size=size, min_similarity=min_similarity)
+        timings.update(ncct.timings)  # a cached NCCT's were spent before the job
+        del volume
+        load.forget(ncct_paths)
+        if ncct_cache is not None and key is not None:
+            ncct_cache.put(key, ncct)
+    reasons += ncct.reasons
+    reasons += [f"CTA: {c}" for c in cta.corrections]
+    reasons += [f"CTA: problem: {p}" for p in cta.problems]
 
     t = time.perf_counter()
-    try:
-        brain = extract_brain(ncct.hu, ncct.affine)
-    except BrainExtractionError as exc:
-        raise NotAnalysable("brain_extraction_failed", str(exc)) from exc
-    timings["brain_extraction"] = time.perf_counter() - t
+    # One Frame of Reference (one session): the rigid search starts where the CTA lies.
+    same_frame = bool(ncct.frame_of_reference_uid) and (
+        ncct.frame_of_reference_uid == cta.frame_of_reference_uid
+    )
+    registration = register_cta(ncct.registration, cta.hu, cta.affine, same_frame=same_frame)
+    timings["registration"] = timings.get("registration", 0.0) + time.perf_counter() - t
+    timings.update({f"registration.{k}": v for k, v in registration.timings.items()})
+    coverage = {
+        "ncct": ncct.coverage,
+        "cta": brain_coverage(
+            _template_brain_points(),
+            lambda m: registration.mni_to_patient(m, "cta"),
+            cta.hu.shape,
+            cta.affine,
+        ),
+    }
+    _check_coverage("cta", coverage["cta"])
+    del cta
+    load.forget(found[selection.cta_uid].paths)
 
     t = time.perf_counter()
     grid = fine_grid(size)
-    try:
-        registration = register(
-            ncct.hu,
-            ncct.affine,
-            cta.hu,
-            cta.affine,
-            brain=brain,
-            method=method,
-            grid=grid,
-            min_similarity=min_similarity,
-        )
-    except RegistrationError as exc:
-        raise NotAnalysable("registration_dissimilar", str(exc)) from exc
-    timings["registration"] = time.perf_counter() - t
-    timings.update({f"registration.{k}": v for k, v in registration.timings.items()})
-
-    points = _template_brain_points()
-    coverage = {
-        "ncct": brain_coverage(
-            points, lambda m: registration.mni_to_patient(m, "ncct"), ncct.hu.shape, ncct.affine
-        ),
-        "cta": brain_coverage(
-            points, lambda m: registration.mni_to_patient(m, "cta"), cta.hu.shape, cta.affine
-        ),
-    }
-    for label, fraction in coverage.items():
-        if fraction < MIN_BRAIN_COVERAGE:
-            raise NotAnalysable(
-                "incomplete_coverage",
-                f"{label.upper()} covers {fraction:.0%} of the brain "
-                f"(at least {MIN_BRAIN_COVERAGE:.0%} needed)",
-            )
-
-    t = time.perf_counter()
     tensor = _tensor(registration, grid)
     timings["tensor"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     qc: dict[str, Any] = {
-        "head": evidence.summary,
-        "brain_volume_ml": round(brain.volume_ml, 1),
+        "head": ncct.head,
+        "brain_volume_ml": round(registration.brain_volume_ml, 1),
         "registration_similarity": round(float(registration.similarity), 4),
         "min_similarity": min_similarity,
         "brain_coverage": {k: round(v, 4) for k, v in coverage.items()},
         "method": method,
     }
     logger.info(
-        "prepared study %s: similarity %.3f, coverage NCCT %.0f%% CTA %.0f%%, %.1f s",
-        ncct.study_instance_uid,
+        "prepared study %s: similarity %.3f, coverage NCCT %.0f%% CTA %.0f%%, %.1f s%s",
+        study_uid,
         registration.similarity,
         100 * coverage["ncct"],
         100 * coverage["cta"],
         timings["total"],
-        extra={"study_uid": ncct.study_instance_uid},
+        " (NCCT prepared before)" if timings["ncct_cached"] else "",
+        extra={"study_uid": study_uid},
     )
     return ModelInput(
         tensor=tensor,
         grid=slab_grid(size),
-        study_instance_uid=str(ncct.study_instance_uid),
+        study_instance_uid=ncct.study_instance_uid,
         ncct_series_uid=selection.ncct_uid,
         cta_series_uid=selection.cta_uid,
         reasons=reasons,
         qc=qc,
         registration=registration,
-        ncct_shape=(int(ncct.hu.shape[0]), int(ncct.hu.shape[1]), int(ncct.hu.shape[2])),
-        ncct_affine=np.asarray(ncct.affine, dtype=np.float64),
-        ncct_hu=ncct.hu,
+        ncct_shape=ncct.shape,
+        ncct_affine=ncct.affine,
         timings=timings,
     )
 

@@ -504,31 +504,63 @@ def _seed_ants(seed: int | None) -> Any:
 # The registrations
 
 
+@dataclass(frozen=True, eq=False)
+class RigidTarget:
+    """The NCCT as the fixed image of the CTA -> NCCT registration, at about 2 mm.
+
+    ``image`` is the NCCT in the CTA's window, ``mask`` its head (skull and cavity grown by
+    ``HEAD_MARGIN_MM``), both on ``affine``. Made once per NCCT, so that it can be kept (and
+    the full-size NCCT dropped) until the CTA arrives.
+    """
+
+    image: npt.NDArray[np.float32]
+    mask: npt.NDArray[np.bool_]
+    affine: FloatArray
+
+
+def rigid_target(
+    ncct_hu: npt.NDArray[np.floating], ncct_affine: npt.ArrayLike, ncct_head: npt.NDArray[np.bool_]
+) -> RigidTarget:
+    """The fixed image of :func:`register_cta_to_ncct` (``ncct_head`` on the NCCT grid)."""
+    na = np.asarray(ncct_affine, dtype=np.float64)
+    image, affine = _reduced(ncct_hu, na, REGISTRATION_MM, window=CTA_WINDOW_HU)
+    head_small = block_reduce(ncct_head, block_factors(voxel_sizes(na), REGISTRATION_MM), "any")
+    head = _dilate(np.asarray(head_small, dtype=bool), HEAD_MARGIN_MM, affine)
+    return RigidTarget(image, np.asarray(head, dtype=bool), affine)
+
+
 def register_cta_to_ncct(
     cta_hu: npt.NDArray[np.floating],
     cta_affine: npt.ArrayLike,
-    ncct_hu: npt.NDArray[np.floating],
-    ncct_affine: npt.ArrayLike,
-    ncct_head: npt.NDArray[np.bool_],
+    ncct_hu: npt.NDArray[np.floating] | RigidTarget,
+    ncct_affine: npt.ArrayLike | None = None,
+    ncct_head: npt.NDArray[np.bool_] | None = None,
     *,
+    same_frame: bool = False,
     seed: int | None = DEFAULT_SEED,
     workdir: Path | None = None,
 ) -> FloatArray:
     """Rigid CTA -> NCCT; returns the 4x4 CTA patient mm -> NCCT patient mm (both LPS).
 
-    ``ncct_head`` (on the NCCT grid) limits the metric, typically the skull and cavity of the
-    NCCT's brain extraction. ANTs' files go to a temporary folder, or are kept in ``workdir``.
+    The NCCT is given as its HU, affine and head (on the NCCT grid: typically the skull and
+    cavity of its brain extraction, which limit the metric), or as its :func:`rigid_target`.
+    With ``same_frame`` (the two share a Frame of Reference UID: one session on one scanner)
+    the search starts from the identity, where the head lies give or take the patient's
+    movement; otherwise from the images' centres of mass, which the CTA's neck pulls down by
+    centimetres. ANTs' files go to a temporary folder, or are kept in ``workdir``.
     """
     ants = _seed_ants(seed)
-    na = np.asarray(ncct_affine, dtype=np.float64)
+    if isinstance(ncct_hu, RigidTarget):
+        target = ncct_hu
+    else:
+        if ncct_affine is None or ncct_head is None:
+            raise ValueError("an NCCT given as HU needs its affine and head mask")
+        target = rigid_target(ncct_hu, ncct_affine, ncct_head)
     ca = np.asarray(cta_affine, dtype=np.float64)
-    fixed_arr, fixed_aff = _reduced(ncct_hu, na, REGISTRATION_MM, window=CTA_WINDOW_HU)
-    head_small = block_reduce(ncct_head, block_factors(voxel_sizes(na), REGISTRATION_MM), "any")
-    head = _dilate(np.asarray(head_small, dtype=bool), HEAD_MARGIN_MM, fixed_aff)
     moving_arr, moving_aff = _reduced(cta_hu, ca, REGISTRATION_MM, window=CTA_WINDOW_HU)
-    fixed = to_ants(fixed_arr, fixed_aff)
+    fixed = to_ants(target.image, target.affine)
     moving = to_ants(moving_arr, moving_aff)
-    mask = to_ants(head.astype(np.float32), fixed_aff)
+    mask = to_ants(target.mask.astype(np.float32), target.affine)
     with _workdir(workdir) as tmp:
         reg = ants.registration(
             fixed=fixed,
@@ -536,6 +568,7 @@ def register_cta_to_ncct(
             type_of_transform="Rigid",
             mask=mask,
             outprefix=str(tmp / "cta_"),
+            initial_transform="Identity" if same_frame else None,
             **RIGID_OPTIONS,
         )
         ncct_to_cta = _read_matrix(reg["fwdtransforms"][0])  # fixed (NCCT) -> moving (CTA)
@@ -668,6 +701,116 @@ class _workdir:
 # The whole study
 
 
+@dataclass(eq=False)
+class NcctRegistration:
+    """The NCCT's half of a study's registration: all that the CTA's half needs of the NCCT.
+
+    Done as soon as the NCCT is complete (it is sent first), and kept, so that when the CTA
+    arrives only the CTA's load, its rigid registration and its resampling are left
+    (:func:`register_cta`). Its arrays are small: the full-size NCCT is not among them.
+    """
+
+    transform: StudyTransform
+    grid: Grid
+    ncct: npt.NDArray[np.float32]
+    brain_mask: npt.NDArray[np.bool_]
+    similarity: float
+    brain_volume_ml: float
+    rigid_target: RigidTarget
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def register_ncct(
+    ncct_hu: npt.NDArray[np.floating],
+    ncct_affine: npt.ArrayLike,
+    *,
+    brain: BrainMask | None = None,
+    template: CtTemplate | None = None,
+    method: Method = "affine",
+    grid: Grid | None = None,
+    min_similarity: float | None = MIN_SIMILARITY,
+    seed: int | None = DEFAULT_SEED,
+) -> NcctRegistration:
+    """The NCCT's half of :func:`register`: NCCT -> template, and the NCCT on ``grid``."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    na = np.asarray(ncct_affine, dtype=np.float64)
+    tmpl = template if template is not None else load_template()
+    out_grid = grid if grid is not None else tmpl.grid
+    if brain is None:
+        brain = extract_brain(ncct_hu, na)
+        timings["brain_extraction"] = _lap(t0)
+    t = time.perf_counter()
+    fit = register_ncct_to_template(
+        ncct_hu, na, brain.brain, template=tmpl, method=method, seed=seed
+    )
+    timings["ncct_to_template"] = _lap(t)
+    logger.info("registration to the template: similarity %.3f", fit.similarity)
+    if min_similarity is not None and fit.similarity < min_similarity:
+        raise RegistrationError(
+            "registration_dissimilar",
+            f"similarity to the template {fit.similarity:.3f} is below {min_similarity:.3f}",
+        )
+    t = time.perf_counter()
+    target = rigid_target(ncct_hu, na, brain.cavity | brain.skull)
+    ncct_out = fit.transform.to_template(ncct_hu, na, out_grid)
+    mask_out = fit.transform.to_template(
+        brain.brain.astype(np.float32), na, out_grid, fill=0.0, antialias=False
+    )
+    timings["resample_ncct"] = _lap(t)
+    return NcctRegistration(
+        transform=fit.transform,
+        grid=out_grid,
+        ncct=ncct_out,
+        brain_mask=mask_out >= 0.5,
+        similarity=fit.similarity,
+        brain_volume_ml=brain.volume_ml,
+        rigid_target=target,
+        timings=timings,
+    )
+
+
+def register_cta(
+    ncct: NcctRegistration,
+    cta_hu: npt.NDArray[np.floating],
+    cta_affine: npt.ArrayLike,
+    *,
+    same_frame: bool = False,
+    seed: int | None = DEFAULT_SEED,
+) -> Registration:
+    """The CTA's half of :func:`register`: CTA -> NCCT (rigid; ``same_frame``: see
+    :func:`register_cta_to_ncct`), and the CTA on the grid."""
+    timings = dict(ncct.timings)
+    t = time.perf_counter()
+    cta_to_ncct = register_cta_to_ncct(
+        cta_hu, cta_affine, ncct.rigid_target, same_frame=same_frame, seed=seed
+    )
+    timings["cta_to_ncct"] = _lap(t)
+    transform = replace(ncct.transform, cta_to_ncct=cta_to_ncct)
+    t = time.perf_counter()
+    cta_out = transform.to_template(cta_hu, np.asarray(cta_affine), ncct.grid, source="cta")
+    timings["resample_cta"] = _lap(t)
+    return _registration(ncct, transform, cta_out, timings)
+
+
+def _registration(
+    ncct: NcctRegistration,
+    transform: StudyTransform,
+    cta: npt.NDArray[np.float32] | None,
+    timings: dict[str, float],
+) -> Registration:
+    return Registration(
+        transform=transform,
+        grid=ncct.grid,
+        ncct=ncct.ncct,
+        cta=cta,
+        brain_mask=ncct.brain_mask,
+        similarity=ncct.similarity,
+        brain_volume_ml=ncct.brain_volume_ml,
+        timings=timings,
+    )
+
+
 def register(
     ncct_hu: npt.NDArray[np.floating],
     ncct_affine: npt.ArrayLike,
@@ -679,10 +822,14 @@ def register(
     method: Method = "affine",
     grid: Grid | None = None,
     min_similarity: float | None = MIN_SIMILARITY,
+    cta_same_frame: bool = False,
     seed: int | None = DEFAULT_SEED,
     threads: int | None = None,
 ) -> Registration:
     """Register a study's NCCT (and CTA) to the CT template and resample both onto ``grid``.
+
+    :func:`register_ncct`, then :func:`register_cta`; the two halves can run apart (the NCCT's
+    as soon as it is complete).
 
     Parameters
     ----------
@@ -701,6 +848,9 @@ def register(
     min_similarity
         Refuse (``RegistrationError("registration_dissimilar")``) below this similarity;
         ``None`` accepts any.
+    cta_same_frame
+        The CTA shares the NCCT's Frame of Reference UID: its rigid search starts from the
+        identity (see :func:`register_cta_to_ncct`).
     seed
         ANTs' random seed (metric sampling).
     threads
@@ -717,58 +867,25 @@ def register(
     """
     if threads is not None:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    na = np.asarray(ncct_affine, dtype=np.float64)
-    tmpl = template if template is not None else load_template()
-    out_grid = grid if grid is not None else tmpl.grid
-    if brain is None:
-        brain = extract_brain(ncct_hu, na)
-        timings["brain_extraction"] = _lap(t0)
-
-    cta_to_ncct = None
-    if cta_hu is not None:
+    half = register_ncct(
+        ncct_hu,
+        ncct_affine,
+        brain=brain,
+        template=template,
+        method=method,
+        grid=grid,
+        min_similarity=min_similarity,
+        seed=seed,
+    )
+    if cta_hu is None:
+        registration = _registration(half, half.transform, None, dict(half.timings))
+    else:
         if cta_affine is None:
             raise ValueError("a CTA needs its affine")
-        t = time.perf_counter()
-        cta_to_ncct = register_cta_to_ncct(
-            cta_hu, cta_affine, ncct_hu, na, brain.cavity | brain.skull, seed=seed
-        )
-        timings["cta_to_ncct"] = _lap(t)
-
-    t = time.perf_counter()
-    fit = register_ncct_to_template(
-        ncct_hu, na, brain.brain, template=tmpl, method=method, seed=seed
-    )
-    timings["ncct_to_template"] = _lap(t)
-    logger.info("registration to the template: similarity %.3f", fit.similarity)
-    if min_similarity is not None and fit.similarity < min_similarity:
-        raise RegistrationError(
-            "registration_dissimilar",
-            f"similarity to the template {fit.similarity:.3f} is below {min_similarity:.3f}",
-        )
-    transform = replace(fit.transform, cta_to_ncct=cta_to_ncct)
-
-    t = time.perf_counter()
-    ncct_out = transform.to_template(ncct_hu, na, out_grid)
-    mask_out = transform.to_template(
-        brain.brain.astype(np.float32), na, out_grid, fill=0.0, antialias=False
-    )
-    cta_out = None
-    if cta_hu is not None:
-        cta_out = transform.to_template(cta_hu, np.asarray(cta_affine), out_grid, source="cta")
-    timings["resample"] = _lap(t)
-    timings["total"] = _lap(t0)
-    return Registration(
-        transform=transform,
-        grid=out_grid,
-        ncct=ncct_out,
-        cta=cta_out,
-        brain_mask=mask_out >= 0.5,
-        similarity=fit.similarity,
-        brain_volume_ml=brain.volume_ml,
-        timings=timings,
-    )
+        registration = register_cta(half, cta_hu, cta_affine, same_frame=cta_same_frame, seed=seed)
+    registration.timings["total"] = _lap(t0)
+    return registration
 
 
 def _write_displacement(field: Displacement, path: Path) -> str:

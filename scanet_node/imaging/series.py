@@ -432,11 +432,13 @@ def _to_hu(
 ) -> None:
     """Stored values into ``image`` in HU; padding and anything below air become air."""
     air = np.float32(AIR_HU)
-    image[...] = stored
+    # Two passes over the image where the usual slope of 1 allows (not four).
     if frame.slope != 1.0:
-        image *= np.float32(frame.slope)
-    if frame.intercept != 0.0:
-        image += np.float32(frame.intercept)
+        np.multiply(stored, np.float32(frame.slope), out=image, casting="unsafe")
+        if frame.intercept != 0.0:
+            image += np.float32(frame.intercept)
+    else:
+        np.add(stored, np.float32(frame.intercept), out=image, casting="unsafe")
     if pad is not None:
         image[(stored >= pad[0]) & (stored <= pad[1])] = air
     np.maximum(image, air, out=image)

@@ -4,6 +4,9 @@ A file is written under ``.tmp/``, fsynced, renamed into
 ``<study>/<series>/<sop>.dcm`` and its folder fsynced, so after a crash a path
 either holds a complete instance or does not exist. Paths are built from
 validated UIDs only (:func:`scanet_node.ingest.uids.check_uid`).
+
+``.cache/<kind>/<study>/`` holds what the pipeline derived from a study's instances ahead of
+its job (the prepared NCCT: imaging/ncct_cache.py); it goes with the study.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -23,6 +27,27 @@ logger = logging.getLogger(__name__)
 
 STATUS_OUT_OF_RESOURCES = 0xA700
 TMP_DIR = ".tmp"
+CACHE_DIR = ".cache"
+
+
+def cache_dir(spool_root: Path, kind: str) -> Path:
+    """The folder of one kind of derived data under the spool (``.cache/<kind>``)."""
+    return Path(spool_root) / CACHE_DIR / kind
+
+
+def purge_study_caches(spool_root: Path, study_instance_uid: str) -> int:
+    """Remove everything derived from a study (every kind); return how many folders went."""
+    uid = check_uid(study_instance_uid, "Study Instance UID")
+    removed = 0
+    root = Path(spool_root) / CACHE_DIR
+    if not root.is_dir():
+        return 0
+    for kind in root.iterdir():
+        folder = kind / uid
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+            removed += 1
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:

@@ -49,7 +49,7 @@ from scanet_node.catalog.retention import (
 from scanet_node.catalog.store import Catalog, utcnow
 from scanet_node.config import RetentionSettings
 from scanet_node.errors import SpoolError
-from scanet_node.ingest.spool import TMP_DIR
+from scanet_node.ingest.spool import TMP_DIR, purge_study_caches
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +346,7 @@ def _purge_group(
     kept = 0
     for c in contents:
         count, size, newer = _delete(checked[c.study_instance_uid], spool_root, decided_at)
+        purge_study_caches(spool_root, c.study_instance_uid)  # the prepared NCCT, if any
         done[c.study_instance_uid] = (count, size)
         kept += newer
     report.files_kept += kept

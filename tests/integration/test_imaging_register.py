@@ -289,7 +289,9 @@ def test_registered_volumes_land_on_the_template(
         ).astype(int)
         assert reg.cta[k - 1 : k + 2, j - 1 : j + 2, i - 1 : i + 2].max() > 150.0
         assert reg.ncct[k - 1 : k + 2, j - 1 : j + 2, i - 1 : i + 2].max() < 100.0
-        assert {"cta_to_ncct", "ncct_to_template", "resample"} <= set(reg.timings)
+        assert {"cta_to_ncct", "ncct_to_template", "resample_ncct", "resample_cta"} <= set(
+            reg.timings
+        )
 
 
 def test_template_volume_maps_back_onto_the_native_ct(

@@ -40,7 +40,7 @@ from scanet_node.catalog.models import (
 from scanet_node.catalog.retention import RetentionStore, StudyToPurge
 from scanet_node.config import RetentionSettings
 from scanet_node.errors import SpoolError
-from scanet_node.ingest.spool import Spool
+from scanet_node.ingest.spool import Spool, cache_dir
 from scanet_node.pipeline.retention import run_retention
 from scanet_node.service import Node
 
@@ -199,11 +199,18 @@ def test_an_old_study_is_purged_files_rows_and_all(node_factory: NodeFactory) ->
     young_files = spool_paths(node, young.study_uid)
     expected_bytes = sum(p.stat().st_size for p in old_files) + 1000 + 234
     age(catalog, old.study_uid, 31, spool_root)
+    # What a worker prepared ahead of the job (imaging/ncct_cache.py) for each study.
+    caches = {uid: cache_dir(spool_root, "ncct") / uid for uid in (old.study_uid, young.study_uid)}
+    for folder in caches.values():
+        folder.mkdir(parents=True)
+        (folder / "0123abcd.npz").write_bytes(b"prepared NCCT")
 
     report = run_retention(catalog, KEEP_30, spool_root, results_root)
 
     assert [(p.study_instance_uid, p.rule) for p in report.purged] == [(old.study_uid, "age")]
     assert report.purged[0].files == 5 + 2 and report.bytes_freed == expected_bytes
+    # The purged study's prepared NCCT went with it; the other study's is kept.
+    assert not caches[old.study_uid].exists() and caches[young.study_uid].is_dir()
     # Files: exactly the study's, its (now empty) folders and the job's results folder.
     assert not any(p.exists() for p in old_files)
     assert not (spool_root / old.study_uid).exists()
