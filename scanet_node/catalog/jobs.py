@@ -215,6 +215,28 @@ class JobQueue:
             for series_uid, study_uid in rows
         ]
 
+    def nccts_to_prepare(self, settled_since: datetime) -> list[SeriesToClassify]:
+        """Settled NCCTs, settled after ``settled_since``, that no job uses yet, with their
+        instance paths: what an idle worker prepares before their CTA arrives."""
+        with self.catalog._read() as session:
+            rows = session.execute(
+                select(Series.series_instance_uid, Study.study_instance_uid)
+                .join(Study, Study.id == Series.study_id)
+                .where(
+                    Series.state == SeriesState.SETTLED,
+                    Series.role == "ncct",
+                    Series.settled_at >= settled_since,
+                    ~select(Job.id)
+                    .where(Job.ncct_series_uid == Series.series_instance_uid)
+                    .exists(),
+                )
+                .order_by(Series.settled_at.desc())
+            ).all()
+        return [
+            SeriesToClassify(series_uid, study_uid, self.catalog.instance_paths(series_uid))
+            for series_uid, study_uid in rows
+        ]
+
     def set_series_role(self, series_instance_uid: str, role: str, reason: str) -> None:
         """Record the role of a series and why."""
         with self.catalog._write() as session:

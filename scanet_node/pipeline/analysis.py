@@ -164,6 +164,7 @@ def analyse(
 ) -> Analysis:
     """Run one job to its results on disk; a QC refusal is an outcome, not an error."""
     from scanet_node.imaging.classify import rules_from_settings
+    from scanet_node.imaging.ncct_cache import NcctCache
     from scanet_node.imaging.prepare import prepare
     from scanet_node.imaging.qc import NotAnalysable
     from scanet_node.results.types import AnalysisResult
@@ -203,6 +204,7 @@ def analyse(
                 method=settings.imaging.registration,
                 size=predictor.input_size,
                 min_similarity=settings.imaging.min_registration_similarity,
+                ncct_cache=NcctCache.in_spool(spool_root),
             )
         except NotAnalysable as exc:
             result = AnalysisResult(
@@ -215,9 +217,11 @@ def analyse(
         else:
             t = model_input.timings
             timings["load"] += t.get("load", 0.0)
-            timings["register"] = sum(
-                t.get(k, 0.0) for k in ("brain_extraction", "registration", "tensor")
+            timings["register"] = sum(  # with the wait for an NCCT being prepared
+                t.get(k, 0.0) for k in ("ncct_wait", "brain_extraction", "registration", "tensor")
             )
+            # The NCCT's half, done while the CTA arrived (not part of this job's time).
+            timings["ncct_ahead"] = t.get("ncct_ahead", 0.0)
             tic = time.perf_counter()
             prediction = predictor.predict(model_input)
             timings["infer"] = time.perf_counter() - tic

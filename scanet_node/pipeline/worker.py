@@ -40,6 +40,42 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 
 
+#: glibc's M_MMAP_THRESHOLD (mallopt): allocations above this size get their own mapping,
+#: returned to the system when freed.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _libc() -> Any:
+    """glibc, or None (another C library: nothing to tune)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def keep_memory_returnable() -> None:
+    """Give every array of 1 MiB or more its own mapping, so that a study's volumes go back to
+    the system when dropped. Left alone, glibc raises that threshold to the size of the
+    largest block freed (up to 32 MiB), and a worker's resident memory creeps up study after
+    study with arrays that are free but never returned."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
+def release_memory() -> None:
+    """Return the heap's free memory to the system (after a study)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 class _Heartbeat:
     """Renews a job's lease every third of its length until stopped."""
 
@@ -88,6 +124,10 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.spool_root = Path(settings.node.spool_dir)
         self._predictor = predictor
+        #: Signatures of NCCTs this worker has prepared early, or tried to, and the thread
+        #: preparing one now.
+        self._prepared_early: set[str] = set()
+        self._early: threading.Thread | None = None
 
     @property
     def predictor(self) -> Predictor:
@@ -119,23 +159,128 @@ class Worker:
         if job is not None:
             self.run_job(job)
             return True
+        return self.prepare_early()
+
+    def prepare_early(self) -> bool:
+        """Start preparing a settled NCCT that no job uses yet, while its CTA arrives; False
+        when there was none to prepare, or one is being prepared.
+
+        The NCCT's half of ``prepare`` runs in a thread of this worker and is kept under the
+        spool by the series' signature (imaging/ncct_cache.py), so that the worker can take
+        the study's job meanwhile: its ``prepare`` loads the CTA, then waits for the NCCT. A
+        failure here costs nothing: the job prepares the NCCT itself and reports what is wrong
+        with it.
+        """
+        from scanet_node.imaging.ncct_cache import NcctCache, signature
+
+        if self._early is not None and self._early.is_alive():
+            return False
+        try:
+            size = self.predictor.input_size
+        except CheckpointError:
+            return False  # no model: no job will run either
+        imaging = self.settings.imaging
+        cache = NcctCache.in_spool(self.spool_root)
+        since = utcnow() - timedelta(seconds=self.settings.pipeline.pairing_window_seconds)
+        for series in self.queue.nccts_to_prepare(since):
+            paths = [self.spool_root / p for p in series.paths]
+            try:
+                key = signature(
+                    paths,
+                    series_instance_uid=series.series_instance_uid,
+                    method=imaging.registration,
+                    size=size,
+                )
+            except OSError:
+                continue  # purged meanwhile
+            if key in self._prepared_early or cache.has(series.study_instance_uid, key):
+                continue
+            if len(self._prepared_early) > 10_000:
+                self._prepared_early.clear()
+            self._prepared_early.add(key)
+            self._early = threading.Thread(
+                target=self._prepare_ncct,
+                args=(cache, key, series.study_instance_uid, series.series_instance_uid, paths),
+                name="prepare-ncct",
+                daemon=True,
+            )
+            self._early.start()
+            return True
         return False
+
+    def _prepare_ncct(
+        self, cache: Any, key: str, study_uid: str, series_uid: str, paths: list[Path]
+    ) -> None:
+        """Prepare one NCCT into the cache, unless another worker is at it (a thread)."""
+        from scanet_node.imaging.prepare import prepare_ncct
+        from scanet_node.imaging.qc import NotAnalysable
+        from scanet_node.imaging.series import load_series
+
+        imaging = self.settings.imaging
+        context = {"study_uid": study_uid}
+        with cache.claim(study_uid, key) as mine:
+            if not mine:
+                return  # another worker is preparing it
+            tic = time.perf_counter()
+            try:
+                prepared = prepare_ncct(
+                    load_series(paths),
+                    method=imaging.registration,
+                    size=self.predictor.input_size,
+                    min_similarity=imaging.min_registration_similarity,
+                )
+                cache.put(key, prepared)
+            except NotAnalysable as exc:
+                logger.info(
+                    "study %s: NCCT %s not prepared early (%s); its job will say why",
+                    study_uid,
+                    series_uid,
+                    exc.reason,
+                    extra=context,
+                )
+                return
+            except Exception:
+                logger.exception(
+                    "study %s: NCCT %s could not be prepared early",
+                    study_uid,
+                    series_uid,
+                    extra=context,
+                )
+                return
+        logger.info(
+            "study %s: NCCT %s prepared before its CTA in %.1f s",
+            study_uid,
+            series_uid,
+            time.perf_counter() - tic,
+            extra=context,
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Work until ``stop`` is set; a failure is contained to its job."""
         logger.info("worker %s started", self.owner)
+        keep_memory_returnable()
         try:
             self.predictor  # noqa: B018 - load the model now, not during the first study
         except CheckpointError as exc:
             logger.error("no model to run (analyses will fail until this is fixed): %s", exc)
+        try:
+            from scanet_node.results.sc import warm_up
+
+            warm_up()  # likewise the result images' libraries
+        except Exception:
+            logger.exception("could not prepare the result images' libraries")
         while not stop.is_set():
             try:
                 busy = self.run_once()
             except Exception:
                 logger.exception("worker loop failed; continuing")
                 busy = False
-            if not busy:
+            if busy:
+                release_memory()
+            else:
                 stop.wait(POLL_SECONDS)
+        if self._early is not None:
+            self._early.join(timeout=60)  # an NCCT being prepared: a few seconds
         logger.info("worker %s stopped", self.owner)
 
     def run_job(self, job: JobInfo) -> None:

@@ -190,6 +190,16 @@ def _direction_letter(vector: list[float]) -> str:
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
 
 
+def warm_up() -> None:
+    """Import the rendering and DICOM-building libraries and draw a little text once, so that
+    a worker's first study does not pay for it (about 0.7 s: imports and the font cache)."""
+    import highdicom  # noqa: F401
+
+    fig = _figure((32, 32))
+    fig.text(0.5, 0.5, "SCANet", color="white", fontsize=8, ha="center")
+    _pixels(fig, (32, 32))
+
+
 def _figure(size: tuple[int, int]) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

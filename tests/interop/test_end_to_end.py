@@ -262,6 +262,45 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
     assert len(sr_uids(orthanc_results(orthanc, study_uid))) == 2
 
 
+def test_the_ncct_is_prepared_while_the_cta_arrives(
+    tmp_path: Path,
+    checkpoint: Path,
+    orthanc: OrthancServer,
+    node_in: Callable[..., Node],
+) -> None:
+    # The quiet time is far off: the series settle because their sender released them.
+    node = node_in(
+        checkpoint,
+        orthanc,
+        pipeline={"series_settle_seconds": 300, "settle_after_release_seconds": 0.5},
+    )
+    manifest, files = study_files(tmp_path / "study", seed=5)
+    study_uid = manifest["study_instance_uid"]
+    ncct = [f for f in files if f.parent.name.endswith("_ncct")]
+    assert ncct
+    storescu(node.port, ncct)  # the NCCT, on its own association
+    cache = node.data_dir / "spool" / ".cache" / "ncct" / study_uid
+    wait_for(
+        "the NCCT to be prepared before its CTA came",
+        lambda: list(cache.glob("*.npz")),
+        120,
+        node.log_text,
+    )
+    assert node.queue().jobs(study_uid) == []
+    storescu(node.port, [f for f in files if f not in ncct])
+    queue = node.queue()
+    job = wait_for(
+        "the job to be done",
+        lambda: next((j for j in queue.jobs(study_uid) if j.status == "done"), None),
+        120,
+        node.log_text,
+    )
+    assert job.outcome == "analysed", job.reason
+    assert job.timings["ncct_ahead"] > 0  # the job took the NCCT prepared before it
+    assert "prepared before its CTA" in node.log_text()
+    assert "sender done" in node.log_text()
+
+
 def _correlation(a: Any, b: Any) -> float:
     import numpy as np
 
