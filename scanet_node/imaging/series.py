@@ -394,13 +394,24 @@ def _padding(ds: Dataset) -> tuple[int, int] | None:
 
 
 def _decode(
-    frames: Sequence[_Frame], datasets: Sequence[Dataset], names: Sequence[str]
+    frames: Sequence[_Frame],
+    datasets: Sequence[Dataset],
+    names: Sequence[str],
+    factors: tuple[int, int] = (1, 1),
 ) -> HUVolume:
-    """The frames, in the order given, in HU; padding and anything below air become air."""
+    """The frames, in the order given, in HU; padding and anything below air become air.
+
+    With ``factors`` (rows, columns) above 1, each image is block-averaged as it is decoded.
+    """
     from pydicom.pixels.utils import pixel_array
 
+    from scanet_node.imaging.brain import block_reduce
+
     first = frames[0]
-    out = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
+    fr, fc = factors
+    reduce = fr > 1 or fc > 1
+    out = np.empty((len(frames), first.rows // fr, first.columns // fc), dtype=np.float32)
+    full = np.empty((1, first.rows, first.columns), dtype=np.float32) if reduce else None
     paddings = {i: _padding(ds) for i, ds in enumerate(datasets)}
     remaining = Counter(frame.source for frame in frames)
     for k, frame in enumerate(frames):
@@ -413,11 +424,16 @@ def _decode(
             raise ImagingError(
                 f"{names[frame.source]}: cannot decode pixel data ({kind}): {exc}"
             ) from exc
-        if stored.shape != out.shape[1:]:
+        if stored.shape != (first.rows, first.columns):
             raise ImagingError(
-                f"{names[frame.source]}: decoded {stored.shape}, expected {out.shape[1:]}"
+                f"{names[frame.source]}: decoded {stored.shape}, expected "
+                f"{(first.rows, first.columns)}"
             )
-        _to_hu(stored, frame, paddings[frame.source], out[k])
+        if full is None:
+            _to_hu(stored, frame, paddings[frame.source], out[k])
+        else:
+            _to_hu(stored, frame, paddings[frame.source], full[0])
+            out[k] = block_reduce(full, (1, fr, fc))[0]
         remaining[frame.source] -= 1
         if not remaining[frame.source]:
             del ds.PixelData  # our own copy: frees the encoded bytes as we go
@@ -686,8 +702,12 @@ def _regularize(
 # The entry point
 
 
-def load_series(source: Path | Iterable[Path]) -> Volume:
+def load_series(source: Path | Iterable[Path], *, max_pixel_mm: float | None = None) -> Volume:
     """Load one series (a folder of its files, or their paths) as a :class:`Volume` in HU.
+
+    With ``max_pixel_mm``, each image is block-averaged as it is decoded, by whole pixels, to
+    pixels of at most that size (a 512 x 512 CTA at 0.43 mm to 256 x 256 for 1 mm): what a
+    resampling to a coarser grid does first anyway, at a quarter of the memory.
 
     Raises :class:`ImagingError` when no file is given, a file is not readable DICOM or has no
     pixels that can be decoded, the files belong to more than one series, or the images do not
@@ -713,9 +733,20 @@ def load_series(source: Path | Iterable[Path]) -> Volume:
         corrections.append(duplicates)
     if not all(f.rescaled for f in frames):
         problems.append("no RescaleSlope/RescaleIntercept: stored values taken as HU")
-    hu = _decode(frames, datasets, names)
     positions = np.array([f.position for f in frames])
     pixel_spacing = frames[0].pixel_spacing
+    factors = (1, 1)
+    if max_pixel_mm is not None:
+        from scanet_node.imaging.brain import block_factors
+
+        factors = block_factors((1.0, *pixel_spacing), max_pixel_mm)[1:]  # type: ignore[assignment]
+    hu = _decode(frames, datasets, names, factors)
+    if factors != (1, 1):
+        dr, dc = pixel_spacing
+        fr, fc = factors
+        # A block's value lies at its centre: (f - 1) / 2 pixels into it.
+        positions = positions + row * dc * (fc - 1) / 2 + col * dr * (fr - 1) / 2
+        pixel_spacing = (dr * fr, dc * fc)
     hu, origin_shift, aligned = _align_in_plane(hu, positions, d, row, col, pixel_spacing)
     if aligned:
         corrections.append(aligned)

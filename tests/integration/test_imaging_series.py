@@ -281,6 +281,28 @@ def test_full_size_study_loads_fast_and_is_chosen(full_size: Study) -> None:
     assert selection.cta_uid == full_size.entry("cta")["series_instance_uid"]
 
 
+def test_a_series_can_be_averaged_to_coarser_pixels_as_it_is_decoded(full_size: Study) -> None:
+    cta_dir = full_size.series("cta")
+    full = load_series(cta_dir)
+    coarse = load_series(cta_dir, max_pixel_mm=1.0)
+    n = full.shape[0]
+    assert coarse.shape == (n, 256, 256)
+    assert coarse.spacing[0] == pytest.approx(full.spacing[0])
+    assert coarse.spacing[1:] == pytest.approx(tuple(2 * s for s in full.spacing[1:]))
+    # Each coarse pixel is the mean of its 2 x 2 block, and lies at the block's centre.
+    blocks = full.hu.reshape(n, 256, 2, 256, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(coarse.hu, blocks, atol=1e-3)
+    corners = np.array([[0, 0, 0], [n - 1, 255, 0], [n // 2, 100, 200]], dtype=float)
+    np.testing.assert_allclose(
+        coarse.array_to_patient(corners),
+        full.array_to_patient(corners * [1, 2, 2] + [0, 0.5, 0.5]),
+        atol=1e-6,
+    )
+    clot = np.array(full_size.manifest["occlusion"]["clot_center_patient"])
+    assert abs(hu_at(coarse, clot) - full_size.manifest["occlusion"]["clot_hu"]) < 30
+    assert coarse.corrections == full.corrections
+
+
 # --------------------------------------------------------------------------------------------
 # Series written here
 
