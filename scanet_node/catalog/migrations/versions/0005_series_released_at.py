@@ -22,11 +22,16 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     """Add series.released_at (NULL for every existing series)."""
-    with op.batch_alter_table("series") as batch:
-        batch.add_column(sa.Column("released_at", sa.DateTime(), nullable=True))
+    op.add_column("series", sa.Column("released_at", sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
-    """Drop series.released_at."""
-    with op.batch_alter_table("series") as batch:
-        batch.drop_column("released_at")
+    """Drop series.released_at.
+
+    In place on SQLite too (3.35 and later drop a plain column): a batch operation would copy
+    the table and drop the old one, which the instance rows that reference series forbid.
+    """
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE series DROP COLUMN released_at")
+    else:
+        op.drop_column("series", "released_at")
