@@ -110,8 +110,14 @@ def populate(node: Node, tmp_path: Path) -> Content:
         assert assoc.is_rejected
     service = node.listener.service
     wait_for("the three associations", lambda: len(service.recent_associations()) == 3)
-    # The scheduler settles and classifies the series by itself (settle 0.3 s).
-    wait_for("the series role", lambda: node.catalog.get_study(study_uid).series[0].role)  # type: ignore[union-attr]
+
+    # The scheduler settles and classifies the series by itself (settle 0.3 s); the resend
+    # may have re-opened it after its first settling.
+    def settled_with_role() -> bool:
+        series = node.catalog.get_study(study_uid).series[0]  # type: ignore[union-attr]
+        return series.state == "settled" and bool(series.role)
+
+    wait_for("the series settled, with its role", settled_with_role)
 
     queue = JobQueue(node.catalog)
     pacs = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=11999)

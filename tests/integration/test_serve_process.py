@@ -149,10 +149,11 @@ def test_sigterm_during_transfers_loses_nothing_acknowledged(serve: ServeProcess
 
 def test_studies_and_study_commands(serve: ServeProcess, tmp_path: Path) -> None:
     series = ct_series(4)
+    # The association stays open while the commands run: released, the series would settle
+    # a second later ([pipeline] settle_after_release_seconds).
     assoc = scu().associate("127.0.0.1", serve.port, ae_title="SCANET")
     for ds in series:
         assert assoc.send_c_store(ds).Status == 0
-    assoc.release()
     env = {**os.environ, "SCANET__NODE__DATA_DIR": str(serve.data_dir)}
     listing = run_cli("studies", "--json", env=env)
     assert listing.returncode == 0, listing.stderr
@@ -177,6 +178,7 @@ def test_studies_and_study_commands(serve: ServeProcess, tmp_path: Path) -> None
     assert "no catalog at" in nowhere.stderr and not (tmp_path / "empty").exists()
     for secret in (PATIENT_ID, *PATIENT_NAME.split("^")):
         assert secret not in listing.stdout + text.stdout
+    assoc.release()
 
 
 def test_bad_config_stops_start_up_naming_the_key(tmp_path: Path) -> None:
