@@ -4,6 +4,11 @@ Choose the NCCT and CTA, load them to HU, check it is a head, extract the brain,
 register CTA -> NCCT -> template, check the registration and the brain coverage,
 resample both once onto the model grid and window them. Any refusal is a
 :class:`~scanet_node.imaging.qc.NotAnalysable` with a named reason.
+
+The NCCT's half (:func:`prepare_ncct`: head, brain, NCCT -> template, the NCCT on the grid)
+needs no CTA, so a worker runs it while the CTA arrives and keeps it in the spool's cache
+(:mod:`~scanet_node.imaging.ncct_cache`); ``prepare`` then loads the CTA (averaged to the
+grid's finest spacing as it is decoded), takes the NCCT's half and does the CTA's.
 """
 
 from __future__ import annotations
