@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from scanet_node.catalog.engine import SQLITE_BUSY_TIMEOUT_MS
 from scanet_node.catalog.models import (
     ACTIVE_JOB_STATUSES,
     Delivery,
@@ -31,7 +32,7 @@ from scanet_node.catalog.models import (
     SeriesState,
     Study,
 )
-from scanet_node.catalog.store import SQLITE_BUSY_TIMEOUT_MS, Catalog, utcnow
+from scanet_node.catalog.store import Catalog, utcnow
 
 logger = logging.getLogger(__name__)
 

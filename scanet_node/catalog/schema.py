@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from scanet_node.catalog.engine import create_catalog_engine
 from scanet_node.catalog.models import Base
 from scanet_node.errors import CatalogError
 
@@ -186,7 +187,7 @@ def upgrade_schema(engine: Engine, url: str) -> tuple[SchemaState, SchemaState]:
     Parameters
     ----------
     engine
-        The catalog's engine (store.create_catalog_engine).
+        The catalog's engine (engine.create_catalog_engine).
     url
         The catalog's URL as shown in messages (no password).
 
@@ -316,8 +317,6 @@ def sqlite_file_missing(url: str) -> str | None:
 
 def upgrade_catalog(url: str) -> str:
     """``scanet-node db upgrade``: bring the catalog at ``url`` to head; say from what to what."""
-    from scanet_node.catalog.store import create_catalog_engine
-
     shown = display_url(url)
     try:
         engine = create_catalog_engine(url)
@@ -338,8 +337,6 @@ def current_catalog(url: str) -> tuple[str, bool]:
     missing = sqlite_file_missing(url)
     if missing:
         raise CatalogError(f"no catalog at {missing} ({_OPEN_HINT})")
-    from scanet_node.catalog.store import create_catalog_engine
-
     try:
         engine = create_catalog_engine(url)
         try:

@@ -13,22 +13,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, NoResultFound, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from scanet_node.catalog.engine import create_catalog_engine
 from scanet_node.catalog.models import Instance, Series, SeriesState, Study
 from scanet_node.catalog.schema import require_head, sqlite_file_missing, upgrade_schema
 from scanet_node.errors import CatalogError
 
 logger = logging.getLogger(__name__)
-
-SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
 def utcnow() -> datetime:
@@ -127,47 +125,6 @@ class _Conflict(Exception):
 
 class _Vanished(Exception):
     """Rolls back a record_instance transaction whose rows a retention purge just deleted."""
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own
-    # transaction handling would defer it and break BEGIN IMMEDIATE).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA secure_delete=ON")  # purged rows are zeroed, not just unlinked
-    cursor.close()
-
-
-def _sqlite_begin(connection: Any) -> None:
-    if connection.get_execution_options().get("readonly"):
-        connection.exec_driver_sql("BEGIN")
-    else:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def create_catalog_engine(url: str) -> Engine:
-    """Create the engine for ``url``, making the SQLite file's folder if needed."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url,
-            hide_parameters=True,  # errors are logged; parameters may hold descriptions
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            pool_size=16,
-            max_overflow=16,
-        )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return create_engine(
-        url, hide_parameters=True, pool_pre_ping=True, pool_size=16, max_overflow=16
-    )
 
 
 class Catalog:

@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 
 from scanet_node.catalog import Catalog, InstanceRecord
+from scanet_node.catalog.engine import create_catalog_engine
 from scanet_node.catalog.jobs import JobQueue
 from scanet_node.catalog.models import Base
 from scanet_node.catalog.schema import (
@@ -32,7 +33,6 @@ from scanet_node.catalog.schema import (
     downgrade_schema,
     upgrade_schema,
 )
-from scanet_node.catalog.store import create_catalog_engine
 from scanet_node.errors import CatalogError
 
 CLI = [sys.executable, "-m", "scanet_node"]
