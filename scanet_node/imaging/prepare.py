@@ -13,6 +13,7 @@ grid's finest spacing as it is decoded), takes the NCCT's half and does the CTA'
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -85,10 +86,15 @@ def _load(load: _CachedLoader, paths: Sequence[Path], max_pixel_mm: float | None
         raise NotAnalysable("unreadable_series", str(exc)) from exc
 
 
+@functools.cache
 def _template_brain_points(step: int = 3) -> npt.NDArray[np.float64]:
+    """MNI points of the template's brain (every ``step`` mm), for the coverage checks of both
+    halves; computed once, like the template itself (read-only)."""
     template = load_template()
     ijk = np.argwhere(template.brain_mask_1mm[::step, ::step, ::step])[:, ::-1] * step
-    return template.grid_1mm.index_to_mni(ijk)
+    points = template.grid_1mm.index_to_mni(ijk)
+    points.setflags(write=False)
+    return points
 
 
 def prepare_ncct(
