@@ -54,25 +54,22 @@ CURRENT_SAME_FRAME = True
 #: averaging of the time); "current" is whatever the code holds now. Settings whose name has
 #: "-id" start the rigid search from the identity (CTA and NCCT share a Frame of Reference
 #: UID), the others from the centres of mass.
+_SCHEDULE_BEFORE: dict[str, Any] = {  # both stages, until issue 16
+    "aff_metric": "mattes",
+    "aff_sampling": 32,
+    "aff_random_sampling_rate": 0.1,
+    "aff_iterations": (200, 100, 50),
+    "aff_shrink_factors": (4, 2, 1),
+    "aff_smoothing_sigmas": (2, 1, 0),
+}
+#: The schedule without its finest (2 mm) level.
+_ENDS_AT_4MM: dict[str, Any] = {
+    "aff_iterations": (200, 100),
+    "aff_shrink_factors": (4, 2),
+    "aff_smoothing_sigmas": (2, 1),
+}
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "before": (
-        {
-            "aff_metric": "mattes",
-            "aff_sampling": 32,
-            "aff_random_sampling_rate": 0.1,
-            "aff_iterations": (200, 100, 50),
-            "aff_shrink_factors": (4, 2, 1),
-            "aff_smoothing_sigmas": (2, 1, 0),
-        },
-        {
-            "aff_metric": "mattes",
-            "aff_sampling": 32,
-            "aff_random_sampling_rate": 0.1,
-            "aff_iterations": (200, 100, 50),
-            "aff_shrink_factors": (4, 2, 1),
-            "aff_smoothing_sigmas": (2, 1, 0),
-        },
-    ),
+    "before": (dict(_SCHEDULE_BEFORE), dict(_SCHEDULE_BEFORE)),
     "current": (dict(reg.RIGID_OPTIONS), dict(reg.AFFINE_OPTIONS)),
     "iter-half": (
         {"aff_iterations": (100, 50, 25)},
@@ -92,32 +89,16 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "rigid-id-4mm": (
-        {
-            "aff_iterations": (200, 100),
-            "aff_shrink_factors": (4, 2),
-            "aff_smoothing_sigmas": (2, 1),
-        },
+        dict(_ENDS_AT_4MM),
         {},
     ),
     "rigid-4mm": (
-        {
-            "aff_iterations": (200, 100),
-            "aff_shrink_factors": (4, 2),
-            "aff_smoothing_sigmas": (2, 1),
-        },
+        dict(_ENDS_AT_4MM),
         {},
     ),
     "both-4mm": (
-        {
-            "aff_iterations": (200, 100),
-            "aff_shrink_factors": (4, 2),
-            "aff_smoothing_sigmas": (2, 1),
-        },
-        {
-            "aff_iterations": (200, 100),
-            "aff_shrink_factors": (4, 2),
-            "aff_smoothing_sigmas": (2, 1),
-        },
+        dict(_ENDS_AT_4MM),
+        dict(_ENDS_AT_4MM),
     ),
 }
 
