@@ -13,18 +13,18 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from scanet_node.admin import AdminServer, NodeView
 from scanet_node.catalog import Catalog
+from scanet_node.catalog.jobs import JobQueue
+from scanet_node.catalog.overview import Overview
 from scanet_node.config import DEFAULT_CHECKPOINT, Settings
 from scanet_node.imaging.classify import rules_from_settings
 from scanet_node.ingest.handlers import StoreService
 from scanet_node.ingest.server import Listener
 from scanet_node.ingest.spool import Spool
 from scanet_node.pipeline.scheduler import Scheduler
-
-if TYPE_CHECKING:
-    from scanet_node.admin import AdminServer
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ class Node:
             self.catalog.close()
             raise
         if self.settings.admin.enabled:
-            from scanet_node.admin import AdminServer
-
-            admin = AdminServer(self)
+            admin = AdminServer(self.admin_view())
             try:
                 admin.start()
             except Exception:
@@ -84,6 +82,34 @@ class Node:
             )
             self._supervisor.start()
         return address
+
+    def admin_view(self) -> NodeView:
+        """What the admin page may read of this node: nothing it could start, stop or write."""
+        service = self.listener.service
+        return NodeView(
+            settings=self.settings,
+            catalog_url=self.catalog.display_url,
+            overview=Overview(self.catalog),
+            job=JobQueue(self.catalog).job,
+            listener_address=self._listener_address,
+            open_associations=self.listener.active_associations,
+            recent_associations=service.recent_associations,
+            instance_counts=service.instance_counts,
+            association_counts=service.association_counts,
+            workers_running=self._workers_running,
+            disk_free_bytes=self.spool.free_bytes,
+            min_free_bytes=self.spool.min_free_bytes,
+            accepting_instances=lambda free: self.spool.has_room(free=free),
+        )
+
+    def _listener_address(self) -> tuple[str, int] | None:
+        try:
+            return self.listener.address
+        except RuntimeError:
+            return None
+
+    def _workers_running(self) -> int:
+        return sum(1 for p in self.workers if p.is_alive())
 
     def _start_worker(self, n: int) -> Any:
         from scanet_node.pipeline.worker import worker_process_main
