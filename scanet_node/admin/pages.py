@@ -244,7 +244,7 @@ class Pages:
                 ("Last analysis used", counts.last_model or "—"),
                 ("Device", s.model.device),
                 (
-                    "Workers in this process",
+                    "Worker processes started by serve",
                     f"{self.view.workers_running()} running of {s.pipeline.workers} "
                     "([pipeline] workers)",
                 ),
