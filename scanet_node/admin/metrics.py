@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from scanet_node.catalog.models import DeliveryStatus
 from scanet_node.catalog.overview import MetricFigures
 
 #: Upper bounds (seconds) of the turnaround histogram: last input received -> delivered.
@@ -157,7 +158,7 @@ class NodeCollector(Collector):
         deliveries = GaugeMetricFamily(
             "scanet_deliveries", "Deliveries in the catalog by status.", labels=["status"]
         )
-        for status in sorted({"pending", "sent", "failed", *figures.deliveries}):
+        for status in sorted({*(s.value for s in DeliveryStatus), *figures.deliveries}):
             deliveries.add_metric([status], figures.deliveries.get(status, 0))
         yield deliveries
 

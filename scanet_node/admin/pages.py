@@ -46,6 +46,7 @@ from scanet_node.admin.render import (
     table,
     when,
 )
+from scanet_node.catalog.models import DeliveryStatus, JobStatus
 from scanet_node.config import DEFAULT_CHECKPOINT
 from scanet_node.pipeline.analysis import OVERLAY_PNG, SUMMARY_PNG
 from scanet_node.pipeline.retention import tree_bytes
@@ -263,8 +264,8 @@ class Pages:
                     d.ae_title,
                     f"{d.host}:{d.port}",
                     "yes" if d.tls else "no",
-                    by_destination.get((d.name, "pending"), 0),
-                    _failed(by_destination.get((d.name, "failed"), 0)),
+                    by_destination.get((d.name, DeliveryStatus.PENDING), 0),
+                    _failed(by_destination.get((d.name, DeliveryStatus.FAILED), 0)),
                 ]
                 for d in self.settings.destinations
             ),
@@ -488,9 +489,9 @@ def _failed(n: int) -> str:
 
 def _job_state(job: JobInfo) -> Html:
     """The job's status, red when failed and green when done, with its outcome."""
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         status = span("bad", job.status)
-    elif job.status == "done":
+    elif job.status == JobStatus.DONE:
         status = span("ok", job.status)
     else:
         status = escape(job.status)
@@ -607,7 +608,7 @@ def _deliveries_table(deliveries: list[DeliveryInfo]) -> Html:
             [
                 d.destination,
                 f"{d.ae_title}@{d.host}:{d.port}",
-                span("bad", d.status) if d.status == "failed" else d.status,
+                span("bad", d.status) if d.status == DeliveryStatus.FAILED else d.status,
                 d.attempts,
                 d.last_status,
                 d.last_detail,
