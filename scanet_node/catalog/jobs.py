@@ -204,7 +204,7 @@ class JobQueue:
 
     def series_to_classify(self) -> list[SeriesToClassify]:
         """Settled series without a role, with their instance paths."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             rows = session.execute(
                 select(Series.series_instance_uid, Study.study_instance_uid)
                 .join(Study, Study.id == Series.study_id)
@@ -218,7 +218,7 @@ class JobQueue:
     def nccts_to_prepare(self, settled_since: datetime) -> list[SeriesToClassify]:
         """Settled NCCTs, settled after ``settled_since``, that no job uses yet, with their
         instance paths: what an idle worker prepares before their CTA arrives."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             rows = session.execute(
                 select(Series.series_instance_uid, Study.study_instance_uid)
                 .join(Study, Study.id == Series.study_id)
@@ -239,7 +239,7 @@ class JobQueue:
 
     def set_series_role(self, series_instance_uid: str, role: str, reason: str) -> None:
         """Record the role of a series and why."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             session.execute(
                 update(Series)
                 .where(Series.series_instance_uid == series_instance_uid)
@@ -248,7 +248,7 @@ class JobQueue:
 
     def candidates(self) -> list[CandidateSeries]:
         """Every series in the catalog, with what the trigger decides on (never instances)."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             rows = session.execute(
                 select(
                     Series.series_instance_uid,
@@ -272,7 +272,7 @@ class JobQueue:
         self, study_instance_uid: str | None = None, limit: int | None = None
     ) -> list[JobInfo]:
         """Jobs, newest first (of one study when given)."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             query = select(Job).order_by(Job.id.desc())
             if study_instance_uid is not None:
                 query = query.where(Job.study_instance_uid == study_instance_uid)
@@ -282,13 +282,13 @@ class JobQueue:
 
     def job(self, job_id: int) -> JobInfo | None:
         """One job, or None."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             job = session.get(Job, job_id)
             return None if job is None else _job_info(job)
 
     def latest_jobs(self) -> dict[str, JobInfo]:
         """The newest job of each study that has one."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             newest = select(func.max(Job.id)).group_by(Job.study_instance_uid)
             jobs = session.scalars(select(Job).where(Job.id.in_(newest))).all()
             return {j.study_instance_uid: _job_info(j) for j in jobs}
@@ -297,7 +297,7 @@ class JobQueue:
         """Queue a job; None when the study already has one queued or running."""
         now = now or utcnow()
         try:
-            with self.catalog._write() as session:
+            with self.catalog.write() as session:
                 job = Job(
                     study_instance_uid=spec.study_instance_uid,
                     patient_key=spec.patient_key,
@@ -320,7 +320,7 @@ class JobQueue:
 
     def update_queued_job(self, job_id: int, spec: JobSpec) -> bool:
         """Point a job nobody has claimed yet at newer inputs; False if it has started."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == 0)
@@ -339,7 +339,7 @@ class JobQueue:
     ) -> JobInfo | None:
         """Take the oldest runnable job: queued and due, or running with an expired lease."""
         now = now or utcnow()
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             job = session.scalars(
                 select(Job)
                 .where(
@@ -374,7 +374,7 @@ class JobQueue:
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         """Extend a running job's lease; False when this owner no longer holds it."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
@@ -405,7 +405,7 @@ class JobQueue:
         lease was lost to another worker.
         """
         now = utcnow()
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.lease_owner != owner or job.status != JobStatus.RUNNING:
                 return False
@@ -441,7 +441,7 @@ class JobQueue:
         self, job_id: int, owner: str, reason: str, retry_at: datetime | None = None
     ) -> bool:
         """Record a failure: queue the job again at ``retry_at``, or fail it for good."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.lease_owner != owner or job.status != JobStatus.RUNNING:
                 return False
@@ -482,7 +482,7 @@ class JobQueue:
     ) -> DeliveryInfo | None:
         """Take the oldest pending delivery that is due and not being sent by another worker."""
         now = now or utcnow()
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             delivery = session.scalars(
                 select(Delivery)
                 .where(
@@ -509,7 +509,7 @@ class JobQueue:
         give_up: bool = False,
     ) -> DeliveryInfo:
         """Record one try; the delivery is sent, failed for good, or due again later."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             delivery = session.get(Delivery, delivery_id, with_for_update=True)
             if delivery is None:
                 raise KeyError(delivery_id)
@@ -544,7 +544,7 @@ class JobQueue:
         self, job_id: int | None = None, study_instance_uid: str | None = None
     ) -> list[DeliveryInfo]:
         """Deliveries with their attempts, newest first."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             query = select(Delivery).join(Job).order_by(Delivery.id.desc())
             if job_id is not None:
                 query = query.where(Delivery.job_id == job_id)
@@ -557,7 +557,7 @@ class JobQueue:
 
         Its attempts so far stay recorded; the give-up time counts from now.
         """
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
                 return None

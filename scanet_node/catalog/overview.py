@@ -169,12 +169,12 @@ class Overview:
 
     def ping(self) -> None:
         """A trivial query; raises when the database does not answer."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             session.execute(select(1)).scalar_one()
 
     def counts(self) -> Counts:
         """Totals of studies, series, instances, jobs and deliveries."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.scalar(select(func.count(Study.id))) or 0
             series = session.scalar(select(func.count(Series.id))) or 0
             instances, spool_bytes = session.execute(
@@ -218,7 +218,7 @@ class Overview:
 
     def recent_studies(self, limit: int = 100) -> list[StudyRow]:
         """The most recently received studies with their series and newest job."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -240,7 +240,7 @@ class Overview:
     def activity(self, since: datetime, limit: int = 1000) -> Activity:
         """Studies that received an instance at or after ``since`` (newest first, at most
         ``limit``), with the jobs and deliveries that concern them."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -289,7 +289,7 @@ class Overview:
 
     def study(self, study_instance_uid: str, job_limit: int = 50) -> StudyDetail | None:
         """One study with its series and its jobs, or None."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             study = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -307,13 +307,13 @@ class Overview:
 
     def recent_jobs(self, limit: int = 100) -> list[JobRow]:
         """The newest jobs with a summary of their deliveries."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
             return _job_rows(session, jobs)
 
     def job(self, job_id: int) -> JobDetail | None:
         """One job with its deliveries and their attempts, or None."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             job = session.get(Job, job_id)
             if job is None:
                 return None
@@ -327,7 +327,7 @@ class Overview:
 
     def metric_figures(self) -> MetricFigures:
         """The job-derived figures of ``/metrics``, computed from the rows at scrape time."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             newest_done = (
                 select(func.max(Job.id))
                 .where(Job.status == JobStatus.DONE)

@@ -170,7 +170,7 @@ class RetentionStore:
                     Job.cta_series_uid.in_(series_uids),
                 )
             )
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             job_rows = session.execute(jobs_query).all()
             job_ids = [r[0] for r in job_rows]
             deliveries: dict[int, list[str]] = defaultdict(list)
@@ -215,7 +215,7 @@ class RetentionStore:
     def contents(self, study_uids: Collection[str]) -> list[StudyContents]:
         """The instance paths and results folders of each of ``study_uids`` still catalogued."""
         wanted = list(study_uids)
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.execute(
                 select(Study.id, Study.study_instance_uid, Study.last_received_at).where(
                     Study.study_instance_uid.in_(wanted)
@@ -252,7 +252,7 @@ class RetentionStore:
         queued or running job, or has results being sent; the next sweep decides again.
         """
         uids = [s.study_instance_uid for s in studies]
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             found = session.execute(
                 select(Study.id, Study.study_instance_uid, Study.last_received_at)
                 .where(Study.study_instance_uid.in_(uids))
@@ -364,7 +364,7 @@ class RetentionStore:
 
     def audits(self, limit: int | None = None) -> list[AuditInfo]:
         """Purge audit rows, newest first."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             query = select(PurgeAudit).order_by(PurgeAudit.id.desc())
             if limit is not None:
                 query = query.limit(limit)
@@ -380,7 +380,7 @@ class RetentionStore:
         """
         if self.catalog.engine.dialect.name != "sqlite":
             return False
-        # Outside any transaction: the raw connection runs in autocommit (store.py).
+        # Outside any transaction: the raw connection runs in autocommit (engine.py).
         raw = self.catalog.engine.raw_connection()
         try:
             cursor = raw.cursor()

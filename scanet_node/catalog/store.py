@@ -3,7 +3,9 @@
 Each operation is one committed transaction. On SQLite the database runs in WAL
 mode with ``synchronous=FULL``, so a committed row survives a power cut, and write
 transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the
-busy timeout instead of failing on a lock upgrade.
+busy timeout instead of failing on a lock upgrade. The other catalog modules (jobs.py,
+overview.py, retention.py) run their queries in the sessions of :meth:`Catalog.read` and
+:meth:`Catalog.write`.
 """
 
 from __future__ import annotations
@@ -167,12 +169,30 @@ class Catalog:
         self.engine.dispose()
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def write(self) -> Iterator[Session]:
+        """A session in one write transaction, committed when the block ends (rolled back if
+        it raises).
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE``: it takes the database's
+        write lock at once, so writers run one at a time (a second waits up to the busy
+        timeout, :data:`~scanet_node.catalog.engine.SQLITE_BUSY_TIMEOUT_MS`) and what a
+        transaction reads stays true until it commits. On PostgreSQL it is READ COMMITTED:
+        other writers run alongside, so a query that decides on rows it then changes locks
+        them (``with_for_update``; ``skip_locked`` to pass over rows another worker holds).
+        Objects stay usable after the commit (``expire_on_commit=False``).
+        """
         with self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
+    def read(self) -> Iterator[Session]:
+        """A session for queries only, rolled back when the block ends: nothing written in it
+        is kept (use :meth:`write` for any change).
+
+        On SQLite it starts with a plain ``BEGIN`` and takes no write lock: its queries read
+        one snapshot, taken at the first, while writers go on. On PostgreSQL (READ COMMITTED)
+        each query sees what was committed when that query started.
+        """
         with self._sessions() as session:
             session.connection(execution_options={"readonly": True})
             yield session
@@ -360,7 +380,7 @@ class Catalog:
         if not series_uids:
             return 0
         at = at or utcnow()
-        with self._write() as session:
+        with self.write() as session:
             result = session.execute(
                 update(Series)
                 .where(
@@ -389,7 +409,7 @@ class Catalog:
                 Series.released_at.is_not(None)
                 & (Series.released_at <= now - timedelta(seconds=release_grace_seconds))
             )
-        with self._write() as session:
+        with self.write() as session:
             rows = session.execute(
                 select(
                     Series.id,
@@ -416,7 +436,7 @@ class Catalog:
 
     def list_studies(self) -> list[StudySummary]:
         """Every study with its series, most recently received first."""
-        with self._read() as session:
+        with self.read() as session:
             studies = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -426,7 +446,7 @@ class Catalog:
 
     def get_study(self, study_instance_uid: str) -> StudySummary | None:
         """One study with its series, or None."""
-        with self._read() as session:
+        with self.read() as session:
             study = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -436,7 +456,7 @@ class Catalog:
 
     def instance_paths(self, series_instance_uid: str) -> list[str]:
         """Spool-relative paths of a series' instances, in the order they were filed."""
-        with self._read() as session:
+        with self.read() as session:
             return list(
                 session.scalars(
                     select(Instance.path)
@@ -448,7 +468,7 @@ class Catalog:
 
     def count_instances(self) -> int:
         """How many instances the catalog holds."""
-        with self._read() as session:
+        with self.read() as session:
             return session.scalar(select(func.count(Instance.id))) or 0
 
 
