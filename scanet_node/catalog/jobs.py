@@ -89,6 +89,38 @@ class JobInfo:
     #: Attempts that ended with the worker gone (its lease expired).
     worker_stops: int = 0
 
+    @classmethod
+    def from_row(cls, job: Job) -> JobInfo:
+        """The job as the row holds it."""
+        return cls(
+            id=job.id,
+            study_instance_uid=job.study_instance_uid,
+            patient_key=job.patient_key,
+            ncct_series_uid=job.ncct_series_uid,
+            cta_series_uid=job.cta_series_uid,
+            missing=job.missing,
+            signature=job.signature,
+            supersedes_id=job.supersedes_id,
+            status=str(job.status),
+            attempts=job.attempts,
+            run_after=job.run_after,
+            lease_owner=job.lease_owner,
+            lease_expires_at=job.lease_expires_at,
+            outcome=job.outcome,
+            reason=job.reason,
+            probability=job.probability,
+            positive=job.positive,
+            model=job.model,
+            sr_sop_instance_uid=job.sr_sop_instance_uid,
+            results_dir=job.results_dir,
+            timings=json.loads(job.timings) if job.timings else {},
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            inputs_received_at=job.inputs_received_at,
+            worker_stops=job.worker_stops or 0,
+        )
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -138,60 +170,30 @@ class DeliveryInfo:
     sent_at: datetime | None
     attempt_rows: list[AttemptInfo]
 
-
-def _job_info(job: Job) -> JobInfo:
-    return JobInfo(
-        id=job.id,
-        study_instance_uid=job.study_instance_uid,
-        patient_key=job.patient_key,
-        ncct_series_uid=job.ncct_series_uid,
-        cta_series_uid=job.cta_series_uid,
-        missing=job.missing,
-        signature=job.signature,
-        supersedes_id=job.supersedes_id,
-        status=str(job.status),
-        attempts=job.attempts,
-        run_after=job.run_after,
-        lease_owner=job.lease_owner,
-        lease_expires_at=job.lease_expires_at,
-        outcome=job.outcome,
-        reason=job.reason,
-        probability=job.probability,
-        positive=job.positive,
-        model=job.model,
-        sr_sop_instance_uid=job.sr_sop_instance_uid,
-        results_dir=job.results_dir,
-        timings=json.loads(job.timings) if job.timings else {},
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        inputs_received_at=job.inputs_received_at,
-        worker_stops=job.worker_stops or 0,
-    )
-
-
-def _delivery_info(delivery: Delivery) -> DeliveryInfo:
-    return DeliveryInfo(
-        id=delivery.id,
-        job_id=delivery.job_id,
-        study_instance_uid=delivery.job.study_instance_uid,
-        results_dir=delivery.job.results_dir,
-        destination=delivery.destination,
-        ae_title=delivery.ae_title,
-        host=delivery.host,
-        port=delivery.port,
-        status=str(delivery.status),
-        attempts=delivery.attempts,
-        next_attempt_at=delivery.next_attempt_at,
-        last_status=delivery.last_status,
-        last_detail=delivery.last_detail,
-        created_at=delivery.created_at,
-        sent_at=delivery.sent_at,
-        attempt_rows=[
-            AttemptInfo(a.started_at, a.seconds, a.ok, a.permanent, a.status, a.detail, a.sent)
-            for a in delivery.attempt_rows
-        ],
-    )
+    @classmethod
+    def from_row(cls, delivery: Delivery) -> DeliveryInfo:
+        """The delivery as the row holds it, with its attempts (loads ``job``, ``attempt_rows``)."""
+        return cls(
+            id=delivery.id,
+            job_id=delivery.job_id,
+            study_instance_uid=delivery.job.study_instance_uid,
+            results_dir=delivery.job.results_dir,
+            destination=delivery.destination,
+            ae_title=delivery.ae_title,
+            host=delivery.host,
+            port=delivery.port,
+            status=str(delivery.status),
+            attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at,
+            last_status=delivery.last_status,
+            last_detail=delivery.last_detail,
+            created_at=delivery.created_at,
+            sent_at=delivery.sent_at,
+            attempt_rows=[
+                AttemptInfo(a.started_at, a.seconds, a.ok, a.permanent, a.status, a.detail, a.sent)
+                for a in delivery.attempt_rows
+            ],
+        )
 
 
 class JobQueue:
@@ -278,20 +280,20 @@ class JobQueue:
                 query = query.where(Job.study_instance_uid == study_instance_uid)
             if limit is not None:
                 query = query.limit(limit)
-            return [_job_info(j) for j in session.scalars(query)]
+            return [JobInfo.from_row(j) for j in session.scalars(query)]
 
     def job(self, job_id: int) -> JobInfo | None:
         """One job, or None."""
         with self.catalog.read() as session:
             job = session.get(Job, job_id)
-            return None if job is None else _job_info(job)
+            return None if job is None else JobInfo.from_row(job)
 
     def latest_jobs(self) -> dict[str, JobInfo]:
         """The newest job of each study that has one."""
         with self.catalog.read() as session:
             newest = select(func.max(Job.id)).group_by(Job.study_instance_uid)
             jobs = session.scalars(select(Job).where(Job.id.in_(newest))).all()
-            return {j.study_instance_uid: _job_info(j) for j in jobs}
+            return {j.study_instance_uid: JobInfo.from_row(j) for j in jobs}
 
     def create_job(self, spec: JobSpec, now: datetime | None = None) -> JobInfo | None:
         """Queue a job; None when the study already has one queued or running."""
@@ -314,7 +316,7 @@ class JobQueue:
                 )
                 session.add(job)
                 session.flush()
-                return _job_info(job)
+                return JobInfo.from_row(job)
         except IntegrityError:
             return None
 
@@ -370,7 +372,7 @@ class JobQueue:
             job.lease_owner = owner
             job.lease_expires_at = now + timedelta(seconds=lease_seconds)
             job.started_at = now
-            return _job_info(job)
+            return JobInfo.from_row(job)
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         """Extend a running job's lease; False when this owner no longer holds it."""
@@ -498,7 +500,7 @@ class JobQueue:
                 return None
             delivery.lease_expires_at = now + timedelta(seconds=lease_seconds)
             session.flush()
-            return _delivery_info(delivery)
+            return DeliveryInfo.from_row(delivery)
 
     def record_attempt(
         self,
@@ -538,7 +540,7 @@ class JobQueue:
                 delivery.next_attempt_at = next_attempt_at
             session.flush()
             session.refresh(delivery)
-            return _delivery_info(delivery)
+            return DeliveryInfo.from_row(delivery)
 
     def deliveries(
         self, job_id: int | None = None, study_instance_uid: str | None = None
@@ -550,7 +552,7 @@ class JobQueue:
                 query = query.where(Delivery.job_id == job_id)
             if study_instance_uid is not None:
                 query = query.where(Job.study_instance_uid == study_instance_uid)
-            return [_delivery_info(d) for d in session.scalars(query)]
+            return [DeliveryInfo.from_row(d) for d in session.scalars(query)]
 
     def resend(self, delivery_id: int) -> DeliveryInfo | None:
         """Make a delivery pending and due now, whatever its state; None if unknown.
@@ -567,4 +569,4 @@ class JobQueue:
             # The give-up clock ([delivery] give_up_after_hours) starts again.
             delivery.created_at = utcnow()
             session.flush()
-            return _delivery_info(delivery)
+            return DeliveryInfo.from_row(delivery)

@@ -2,8 +2,8 @@
 
 Each method is one read transaction with bounded results (LIMITs, or aggregates), and
 returns plain dataclasses built from the same converters as the rest of the catalog
-(:func:`store._study_summary`, :func:`jobs._job_info`, :func:`jobs._delivery_info`), so the
-page shows what the CLI shows. Nothing here reads patient names or IDs; the catalog does not
+(:meth:`StudySummary.from_row`, :meth:`JobInfo.from_row`, :meth:`DeliveryInfo.from_row`), so
+the page shows what the CLI shows. Nothing here reads patient names or IDs; the catalog does not
 hold them.
 """
 
@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from scanet_node.catalog.jobs import DeliveryInfo, JobInfo, _delivery_info, _job_info
+from scanet_node.catalog.jobs import DeliveryInfo, JobInfo
 from scanet_node.catalog.models import (
     Delivery,
     DeliveryStatus,
@@ -27,7 +27,7 @@ from scanet_node.catalog.models import (
     Series,
     Study,
 )
-from scanet_node.catalog.store import Catalog, StudySummary, _study_summary
+from scanet_node.catalog.store import Catalog, StudySummary
 
 #: Outcomes of a finished analysis (Job.outcome).
 OUTCOMES = ("analysed", "not_analysable")
@@ -232,10 +232,13 @@ class Overview:
                 .group_by(Job.study_instance_uid)
             )
             latest = {
-                j.study_instance_uid: _job_info(j)
+                j.study_instance_uid: JobInfo.from_row(j)
                 for j in session.scalars(select(Job).where(Job.id.in_(newest)))
             }
-            return [StudyRow(_study_summary(s), latest.get(s.study_instance_uid)) for s in studies]
+            return [
+                StudyRow(StudySummary.from_row(s), latest.get(s.study_instance_uid))
+                for s in studies
+            ]
 
     def activity(self, since: datetime, limit: int = 1000) -> Activity:
         """Studies that received an instance at or after ``since`` (newest first, at most
@@ -272,8 +275,8 @@ class Overview:
                 else []
             )
             return Activity(
-                [_study_summary(s) for s in studies],
-                [_job_info(j) for j in jobs],
+                [StudySummary.from_row(s) for s in studies],
+                [JobInfo.from_row(j) for j in jobs],
                 [
                     DeliveryState(
                         d.job_id,
@@ -303,7 +306,7 @@ class Overview:
                 .order_by(Job.id.desc())
                 .limit(job_limit)
             ).all()
-            return StudyDetail(_study_summary(study), _job_rows(session, jobs))
+            return StudyDetail(StudySummary.from_row(study), _job_rows(session, jobs))
 
     def recent_jobs(self, limit: int = 100) -> list[JobRow]:
         """The newest jobs with a summary of their deliveries."""
@@ -323,7 +326,9 @@ class Overview:
                 .where(Delivery.job_id == job_id)
                 .order_by(Delivery.id)
             ).all()
-            return JobDetail(_job_rows(session, [job])[0], [_delivery_info(d) for d in deliveries])
+            return JobDetail(
+                _job_rows(session, [job])[0], [DeliveryInfo.from_row(d) for d in deliveries]
+            )
 
     def metric_figures(self) -> MetricFigures:
         """The job-derived figures of ``/metrics``, computed from the rows at scrape time."""
@@ -416,4 +421,4 @@ def _job_rows(session: Session, jobs: Sequence[Job]) -> list[JobRow]:
             by_job.setdefault(job_id, {})[str(status)] = int(n)
             if status == DeliveryStatus.SENT:
                 delivered[job_id] = last_sent
-    return [JobRow(_job_info(j), by_job.get(j.id, {}), delivered.get(j.id)) for j in jobs]
+    return [JobRow(JobInfo.from_row(j), by_job.get(j.id, {}), delivered.get(j.id)) for j in jobs]

@@ -108,22 +108,23 @@ class AuditInfo:
     deliveries_sent: int
     deliveries_failed: int
 
-
-def _audit_info(row: PurgeAudit) -> AuditInfo:
-    return AuditInfo(
-        id=row.id,
-        purged_at=row.purged_at,
-        rule=row.rule,
-        first_received_at=row.first_received_at,
-        last_received_at=row.last_received_at,
-        num_series=row.num_series,
-        num_instances=row.num_instances,
-        bytes_freed=row.bytes_freed,
-        jobs=row.jobs,
-        outcome=row.outcome,
-        deliveries_sent=row.deliveries_sent,
-        deliveries_failed=row.deliveries_failed,
-    )
+    @classmethod
+    def from_row(cls, row: PurgeAudit) -> AuditInfo:
+        """The audit row as a plain value."""
+        return cls(
+            id=row.id,
+            purged_at=row.purged_at,
+            rule=row.rule,
+            first_received_at=row.first_received_at,
+            last_received_at=row.last_received_at,
+            num_series=row.num_series,
+            num_instances=row.num_instances,
+            bytes_freed=row.bytes_freed,
+            jobs=row.jobs,
+            outcome=row.outcome,
+            deliveries_sent=row.deliveries_sent,
+            deliveries_failed=row.deliveries_failed,
+        )
 
 
 class RetentionStore:
@@ -291,7 +292,7 @@ class RetentionStore:
             session.add_all(audits)
             self._delete_rows(session, uids, study_ids)
             session.flush()
-            return [_audit_info(a) for a in audits]
+            return [AuditInfo.from_row(a) for a in audits]
 
     @staticmethod
     def _audit(
@@ -368,7 +369,7 @@ class RetentionStore:
             query = select(PurgeAudit).order_by(PurgeAudit.id.desc())
             if limit is not None:
                 query = query.limit(limit)
-            return [_audit_info(a) for a in session.scalars(query)]
+            return [AuditInfo.from_row(a) for a in session.scalars(query)]
 
     def checkpoint(self) -> bool:
         """On SQLite, fold the WAL into the database file and truncate it; True if it did.

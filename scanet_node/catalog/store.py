@@ -107,6 +107,39 @@ class StudySummary:
     last_received_at: datetime
     series: list[SeriesSummary] = field(default_factory=list)
 
+    @classmethod
+    def from_row(cls, study: Study) -> StudySummary:
+        """The study as the row holds it, with its series (loads ``series``)."""
+        return cls(
+            study_instance_uid=study.study_instance_uid,
+            study_date=study.study_date,
+            study_description=study.study_description,
+            num_instances=study.num_instances,
+            first_received_at=study.first_received_at,
+            last_received_at=study.last_received_at,
+            series=[
+                SeriesSummary(
+                    series_instance_uid=s.series_instance_uid,
+                    modality=s.modality,
+                    series_number=s.series_number,
+                    series_description=s.series_description,
+                    image_type=s.image_type,
+                    contrast_agent=s.contrast_agent,
+                    slice_thickness=s.slice_thickness,
+                    sop_class_uid=s.sop_class_uid,
+                    num_instances=s.num_instances,
+                    state=str(s.state),
+                    calling_aet=s.calling_aet,
+                    first_received_at=s.first_received_at,
+                    last_received_at=s.last_received_at,
+                    settled_at=s.settled_at,
+                    role=s.role,
+                    role_reason=s.role_reason,
+                )
+                for s in study.series
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class SettledSeries:
@@ -442,7 +475,7 @@ class Catalog:
                 .options(selectinload(Study.series))
                 .order_by(Study.last_received_at.desc())
             ).all()
-            return [_study_summary(s) for s in studies]
+            return [StudySummary.from_row(s) for s in studies]
 
     def get_study(self, study_instance_uid: str) -> StudySummary | None:
         """One study with its series, or None."""
@@ -452,7 +485,7 @@ class Catalog:
                 .options(selectinload(Study.series))
                 .where(Study.study_instance_uid == study_instance_uid)
             ).one_or_none()
-            return None if study is None else _study_summary(study)
+            return None if study is None else StudySummary.from_row(study)
 
     def instance_paths(self, series_instance_uid: str) -> list[str]:
         """Spool-relative paths of a series' instances, in the order they were filed."""
@@ -470,35 +503,3 @@ class Catalog:
         """How many instances the catalog holds."""
         with self.read() as session:
             return session.scalar(select(func.count(Instance.id))) or 0
-
-
-def _study_summary(study: Study) -> StudySummary:
-    return StudySummary(
-        study_instance_uid=study.study_instance_uid,
-        study_date=study.study_date,
-        study_description=study.study_description,
-        num_instances=study.num_instances,
-        first_received_at=study.first_received_at,
-        last_received_at=study.last_received_at,
-        series=[
-            SeriesSummary(
-                series_instance_uid=s.series_instance_uid,
-                modality=s.modality,
-                series_number=s.series_number,
-                series_description=s.series_description,
-                image_type=s.image_type,
-                contrast_agent=s.contrast_agent,
-                slice_thickness=s.slice_thickness,
-                sop_class_uid=s.sop_class_uid,
-                num_instances=s.num_instances,
-                state=str(s.state),
-                calling_aet=s.calling_aet,
-                first_received_at=s.first_received_at,
-                last_received_at=s.last_received_at,
-                settled_at=s.settled_at,
-                role=s.role,
-                role_reason=s.role_reason,
-            )
-            for s in study.series
-        ],
-    )
