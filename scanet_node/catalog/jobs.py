@@ -24,6 +24,7 @@ from scanet_node.catalog.models import (
     DeliveryStatus,
     Job,
     JobStatus,
+    Role,
     Series,
     SeriesState,
     Study,
@@ -131,6 +132,8 @@ class JobSpec:
     ncct_series_uid: str | None
     cta_series_uid: str | None
     signature: str
+    #: A :class:`~scanet_node.catalog.models.MissingSeries` when the job only reports that
+    #: one of the two never came.
     missing: str | None = None
     supersedes_id: int | None = None
     inputs_received_at: datetime | None = None
@@ -226,7 +229,7 @@ class JobQueue:
                 .join(Study, Study.id == Series.study_id)
                 .where(
                     Series.state == SeriesState.SETTLED,
-                    Series.role == "ncct",
+                    Series.role == Role.NCCT,
                     Series.settled_at >= settled_since,
                     ~select(Job.id)
                     .where(Job.ncct_series_uid == Series.series_instance_uid)
@@ -240,7 +243,7 @@ class JobQueue:
         ]
 
     def set_series_role(self, series_instance_uid: str, role: str, reason: str) -> None:
-        """Record the role of a series and why."""
+        """Record the role of a series (a :class:`~scanet_node.catalog.models.Role`) and why."""
         with self.catalog.write() as session:
             session.execute(
                 update(Series)

@@ -22,15 +22,13 @@ from scanet_node.catalog.models import (
     DeliveryStatus,
     Instance,
     Job,
+    JobOutcome,
     JobStatus,
     PurgeAudit,
     Series,
     Study,
 )
 from scanet_node.catalog.store import Catalog, StudySummary
-
-#: Outcomes of a finished analysis (Job.outcome).
-OUTCOMES = ("analysed", "not_analysable")
 
 
 @dataclass(frozen=True)
@@ -338,7 +336,7 @@ class Overview:
                 .where(Job.status == JobStatus.DONE)
                 .group_by(Job.study_instance_uid)
             )
-            studies: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+            studies: dict[str, int] = {str(o): 0 for o in JobOutcome}
             for outcome, n in session.execute(
                 select(Job.outcome, func.count())
                 .where(Job.id.in_(newest_done))
@@ -350,7 +348,7 @@ class Overview:
             for outcome, n in session.execute(
                 select(PurgeAudit.outcome, func.count()).group_by(PurgeAudit.outcome)
             ):
-                if outcome in OUTCOMES:
+                if outcome in tuple(JobOutcome):
                     studies[str(outcome)] += int(n)
                 elif outcome == JobStatus.FAILED:
                     purged_failures += int(n)

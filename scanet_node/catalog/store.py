@@ -10,6 +10,7 @@ overview.py, retention.py) run their queries in the sessions of :meth:`Catalog.r
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -141,6 +142,16 @@ class StudySummary:
         )
 
 
+class SettleReason(enum.StrEnum):
+    """Why the settle sweep settled a series (:attr:`SettledSeries.why`)."""
+
+    #: Its sender was done with it (:meth:`Catalog.mark_series_released`), then the grace
+    #: passed.
+    RELEASED = "released"
+    #: Nothing was received for ``series_settle_seconds``.
+    QUIET = "quiet"
+
+
 @dataclass(frozen=True)
 class SettledSeries:
     """A series the settle sweep has just marked settled."""
@@ -149,9 +160,7 @@ class SettledSeries:
     series_instance_uid: str
     modality: str | None
     num_instances: int
-    #: "released" (its sender was done with it, then the grace passed) or "quiet" (nothing
-    #: received for ``series_settle_seconds``).
-    why: str = "quiet"
+    why: SettleReason = SettleReason.QUIET
 
 
 class _Conflict(Exception):
@@ -463,7 +472,13 @@ class Catalog:
                     .values(state=SeriesState.SETTLED, settled_at=now, released_at=None)
                 )
         return [
-            SettledSeries(r[1], r[2], r[3], r[4], "quiet" if r[5] <= cutoff else "released")
+            SettledSeries(
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                SettleReason.QUIET if r[5] <= cutoff else SettleReason.RELEASED,
+            )
             for r in rows
         ]
 
