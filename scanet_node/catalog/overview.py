@@ -54,7 +54,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class JobRow:
-    """A job with a summary of its deliveries."""
+    """A job with a summary of its deliveries: a row of the admin page's job tables."""
 
     job: JobInfo
     #: Deliveries by status.
@@ -77,7 +77,7 @@ class JobRow:
 
 @dataclass(frozen=True)
 class StudyRow:
-    """A study with its series and its newest job."""
+    """A study with its series and its newest job: an entry of the admin page's studies."""
 
     study: StudySummary
     latest_job: JobInfo | None

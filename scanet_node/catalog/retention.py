@@ -37,12 +37,12 @@ from scanet_node.catalog.store import Catalog, utcnow
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_BUSY_TIMEOUT_MS = 2000
-#: The status :class:`JobRow` gives a pending delivery that a worker is sending right now.
+#: The status :class:`RetentionJob` gives a pending delivery that a worker is sending right now.
 SENDING = "sending"
 
 
 @dataclass(frozen=True)
-class StudyRow:
+class RetentionStudy:
     """A study as the purge decision sees it.
 
     ``pending`` is true while a series of the study is still receiving, or has settled
@@ -55,7 +55,7 @@ class StudyRow:
 
 
 @dataclass(frozen=True)
-class JobRow:
+class RetentionJob:
     """A job as the purge decision sees it: where it is filed, what it read, how it ended.
 
     ``input_study_uids`` are the catalogued studies of its NCCT and CTA series (the NCCT
@@ -135,7 +135,7 @@ class RetentionStore:
 
     def state(
         self, study_uids: Collection[str] | None = None
-    ) -> tuple[list[StudyRow], list[JobRow]]:
+    ) -> tuple[list[RetentionStudy], list[RetentionJob]]:
         """Studies and jobs for the purge decision: all of them, or those of ``study_uids``.
 
         Restricted to ``study_uids``, the jobs are those filed in or reading from one of
@@ -185,7 +185,7 @@ class RetentionStore:
                     leased = status == DeliveryStatus.PENDING and lease is not None and lease > now
                     deliveries[job_id].append(SENDING if leased else str(status))
             jobs = [
-                JobRow(
+                RetentionJob(
                     id=r[0],
                     study_instance_uid=r[1],
                     status=str(r[2]),
@@ -208,7 +208,7 @@ class RetentionStore:
                     touched.update(job.input_study_uids)
                 studies_query = studies_query.where(Study.study_instance_uid.in_(sorted(touched)))
             studies = [
-                StudyRow(uid, last, bool(is_pending))
+                RetentionStudy(uid, last, bool(is_pending))
                 for uid, last, is_pending in session.execute(studies_query)
             ]
         return studies, jobs
