@@ -24,6 +24,7 @@ from scanet_node.catalog.models import (
     DeliveryStatus,
     Job,
     JobStatus,
+    Role,
     Series,
     SeriesState,
     Study,
@@ -89,6 +90,38 @@ class JobInfo:
     #: Attempts that ended with the worker gone (its lease expired).
     worker_stops: int = 0
 
+    @classmethod
+    def from_row(cls, job: Job) -> JobInfo:
+        """The job as the row holds it."""
+        return cls(
+            id=job.id,
+            study_instance_uid=job.study_instance_uid,
+            patient_key=job.patient_key,
+            ncct_series_uid=job.ncct_series_uid,
+            cta_series_uid=job.cta_series_uid,
+            missing=job.missing,
+            signature=job.signature,
+            supersedes_id=job.supersedes_id,
+            status=str(job.status),
+            attempts=job.attempts,
+            run_after=job.run_after,
+            lease_owner=job.lease_owner,
+            lease_expires_at=job.lease_expires_at,
+            outcome=job.outcome,
+            reason=job.reason,
+            probability=job.probability,
+            positive=job.positive,
+            model=job.model,
+            sr_sop_instance_uid=job.sr_sop_instance_uid,
+            results_dir=job.results_dir,
+            timings=json.loads(job.timings) if job.timings else {},
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            inputs_received_at=job.inputs_received_at,
+            worker_stops=job.worker_stops or 0,
+        )
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -99,6 +132,8 @@ class JobSpec:
     ncct_series_uid: str | None
     cta_series_uid: str | None
     signature: str
+    #: A :class:`~scanet_node.catalog.models.MissingSeries` when the job only reports that
+    #: one of the two never came.
     missing: str | None = None
     supersedes_id: int | None = None
     inputs_received_at: datetime | None = None
@@ -138,60 +173,30 @@ class DeliveryInfo:
     sent_at: datetime | None
     attempt_rows: list[AttemptInfo]
 
-
-def _job_info(job: Job) -> JobInfo:
-    return JobInfo(
-        id=job.id,
-        study_instance_uid=job.study_instance_uid,
-        patient_key=job.patient_key,
-        ncct_series_uid=job.ncct_series_uid,
-        cta_series_uid=job.cta_series_uid,
-        missing=job.missing,
-        signature=job.signature,
-        supersedes_id=job.supersedes_id,
-        status=str(job.status),
-        attempts=job.attempts,
-        run_after=job.run_after,
-        lease_owner=job.lease_owner,
-        lease_expires_at=job.lease_expires_at,
-        outcome=job.outcome,
-        reason=job.reason,
-        probability=job.probability,
-        positive=job.positive,
-        model=job.model,
-        sr_sop_instance_uid=job.sr_sop_instance_uid,
-        results_dir=job.results_dir,
-        timings=json.loads(job.timings) if job.timings else {},
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        inputs_received_at=job.inputs_received_at,
-        worker_stops=job.worker_stops or 0,
-    )
-
-
-def _delivery_info(delivery: Delivery) -> DeliveryInfo:
-    return DeliveryInfo(
-        id=delivery.id,
-        job_id=delivery.job_id,
-        study_instance_uid=delivery.job.study_instance_uid,
-        results_dir=delivery.job.results_dir,
-        destination=delivery.destination,
-        ae_title=delivery.ae_title,
-        host=delivery.host,
-        port=delivery.port,
-        status=str(delivery.status),
-        attempts=delivery.attempts,
-        next_attempt_at=delivery.next_attempt_at,
-        last_status=delivery.last_status,
-        last_detail=delivery.last_detail,
-        created_at=delivery.created_at,
-        sent_at=delivery.sent_at,
-        attempt_rows=[
-            AttemptInfo(a.started_at, a.seconds, a.ok, a.permanent, a.status, a.detail, a.sent)
-            for a in delivery.attempt_rows
-        ],
-    )
+    @classmethod
+    def from_row(cls, delivery: Delivery) -> DeliveryInfo:
+        """The delivery as the row holds it, with its attempts (loads ``job``, ``attempt_rows``)."""
+        return cls(
+            id=delivery.id,
+            job_id=delivery.job_id,
+            study_instance_uid=delivery.job.study_instance_uid,
+            results_dir=delivery.job.results_dir,
+            destination=delivery.destination,
+            ae_title=delivery.ae_title,
+            host=delivery.host,
+            port=delivery.port,
+            status=str(delivery.status),
+            attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at,
+            last_status=delivery.last_status,
+            last_detail=delivery.last_detail,
+            created_at=delivery.created_at,
+            sent_at=delivery.sent_at,
+            attempt_rows=[
+                AttemptInfo(a.started_at, a.seconds, a.ok, a.permanent, a.status, a.detail, a.sent)
+                for a in delivery.attempt_rows
+            ],
+        )
 
 
 class JobQueue:
@@ -204,7 +209,7 @@ class JobQueue:
 
     def series_to_classify(self) -> list[SeriesToClassify]:
         """Settled series without a role, with their instance paths."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             rows = session.execute(
                 select(Series.series_instance_uid, Study.study_instance_uid)
                 .join(Study, Study.id == Series.study_id)
@@ -218,13 +223,13 @@ class JobQueue:
     def nccts_to_prepare(self, settled_since: datetime) -> list[SeriesToClassify]:
         """Settled NCCTs, settled after ``settled_since``, that no job uses yet, with their
         instance paths: what an idle worker prepares before their CTA arrives."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             rows = session.execute(
                 select(Series.series_instance_uid, Study.study_instance_uid)
                 .join(Study, Study.id == Series.study_id)
                 .where(
                     Series.state == SeriesState.SETTLED,
-                    Series.role == "ncct",
+                    Series.role == Role.NCCT,
                     Series.settled_at >= settled_since,
                     ~select(Job.id)
                     .where(Job.ncct_series_uid == Series.series_instance_uid)
@@ -238,8 +243,8 @@ class JobQueue:
         ]
 
     def set_series_role(self, series_instance_uid: str, role: str, reason: str) -> None:
-        """Record the role of a series and why."""
-        with self.catalog._write() as session:
+        """Record the role of a series (a :class:`~scanet_node.catalog.models.Role`) and why."""
+        with self.catalog.write() as session:
             session.execute(
                 update(Series)
                 .where(Series.series_instance_uid == series_instance_uid)
@@ -248,7 +253,7 @@ class JobQueue:
 
     def candidates(self) -> list[CandidateSeries]:
         """Every series in the catalog, with what the trigger decides on (never instances)."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             rows = session.execute(
                 select(
                     Series.series_instance_uid,
@@ -272,32 +277,32 @@ class JobQueue:
         self, study_instance_uid: str | None = None, limit: int | None = None
     ) -> list[JobInfo]:
         """Jobs, newest first (of one study when given)."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             query = select(Job).order_by(Job.id.desc())
             if study_instance_uid is not None:
                 query = query.where(Job.study_instance_uid == study_instance_uid)
             if limit is not None:
                 query = query.limit(limit)
-            return [_job_info(j) for j in session.scalars(query)]
+            return [JobInfo.from_row(j) for j in session.scalars(query)]
 
     def job(self, job_id: int) -> JobInfo | None:
         """One job, or None."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             job = session.get(Job, job_id)
-            return None if job is None else _job_info(job)
+            return None if job is None else JobInfo.from_row(job)
 
     def latest_jobs(self) -> dict[str, JobInfo]:
         """The newest job of each study that has one."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             newest = select(func.max(Job.id)).group_by(Job.study_instance_uid)
             jobs = session.scalars(select(Job).where(Job.id.in_(newest))).all()
-            return {j.study_instance_uid: _job_info(j) for j in jobs}
+            return {j.study_instance_uid: JobInfo.from_row(j) for j in jobs}
 
     def create_job(self, spec: JobSpec, now: datetime | None = None) -> JobInfo | None:
         """Queue a job; None when the study already has one queued or running."""
         now = now or utcnow()
         try:
-            with self.catalog._write() as session:
+            with self.catalog.write() as session:
                 job = Job(
                     study_instance_uid=spec.study_instance_uid,
                     patient_key=spec.patient_key,
@@ -314,13 +319,13 @@ class JobQueue:
                 )
                 session.add(job)
                 session.flush()
-                return _job_info(job)
+                return JobInfo.from_row(job)
         except IntegrityError:
             return None
 
     def update_queued_job(self, job_id: int, spec: JobSpec) -> bool:
         """Point a job nobody has claimed yet at newer inputs; False if it has started."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == 0)
@@ -339,7 +344,7 @@ class JobQueue:
     ) -> JobInfo | None:
         """Take the oldest runnable job: queued and due, or running with an expired lease."""
         now = now or utcnow()
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             job = session.scalars(
                 select(Job)
                 .where(
@@ -370,11 +375,11 @@ class JobQueue:
             job.lease_owner = owner
             job.lease_expires_at = now + timedelta(seconds=lease_seconds)
             job.started_at = now
-            return _job_info(job)
+            return JobInfo.from_row(job)
 
     def renew_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         """Extend a running job's lease; False when this owner no longer holds it."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
@@ -405,7 +410,7 @@ class JobQueue:
         lease was lost to another worker.
         """
         now = utcnow()
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.lease_owner != owner or job.status != JobStatus.RUNNING:
                 return False
@@ -441,7 +446,7 @@ class JobQueue:
         self, job_id: int, owner: str, reason: str, retry_at: datetime | None = None
     ) -> bool:
         """Record a failure: queue the job again at ``retry_at``, or fail it for good."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.lease_owner != owner or job.status != JobStatus.RUNNING:
                 return False
@@ -482,7 +487,7 @@ class JobQueue:
     ) -> DeliveryInfo | None:
         """Take the oldest pending delivery that is due and not being sent by another worker."""
         now = now or utcnow()
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             delivery = session.scalars(
                 select(Delivery)
                 .where(
@@ -498,7 +503,7 @@ class JobQueue:
                 return None
             delivery.lease_expires_at = now + timedelta(seconds=lease_seconds)
             session.flush()
-            return _delivery_info(delivery)
+            return DeliveryInfo.from_row(delivery)
 
     def record_attempt(
         self,
@@ -509,7 +514,7 @@ class JobQueue:
         give_up: bool = False,
     ) -> DeliveryInfo:
         """Record one try; the delivery is sent, failed for good, or due again later."""
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             delivery = session.get(Delivery, delivery_id, with_for_update=True)
             if delivery is None:
                 raise KeyError(delivery_id)
@@ -538,26 +543,26 @@ class JobQueue:
                 delivery.next_attempt_at = next_attempt_at
             session.flush()
             session.refresh(delivery)
-            return _delivery_info(delivery)
+            return DeliveryInfo.from_row(delivery)
 
     def deliveries(
         self, job_id: int | None = None, study_instance_uid: str | None = None
     ) -> list[DeliveryInfo]:
         """Deliveries with their attempts, newest first."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             query = select(Delivery).join(Job).order_by(Delivery.id.desc())
             if job_id is not None:
                 query = query.where(Delivery.job_id == job_id)
             if study_instance_uid is not None:
                 query = query.where(Job.study_instance_uid == study_instance_uid)
-            return [_delivery_info(d) for d in session.scalars(query)]
+            return [DeliveryInfo.from_row(d) for d in session.scalars(query)]
 
     def resend(self, delivery_id: int) -> DeliveryInfo | None:
         """Make a delivery pending and due now, whatever its state; None if unknown.
 
         Its attempts so far stay recorded; the give-up time counts from now.
         """
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
                 return None
@@ -567,4 +572,4 @@ class JobQueue:
             # The give-up clock ([delivery] give_up_after_hours) starts again.
             delivery.created_at = utcnow()
             session.flush()
-            return _delivery_info(delivery)
+            return DeliveryInfo.from_row(delivery)

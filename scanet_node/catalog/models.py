@@ -2,7 +2,9 @@
 
 Identifiers of the patient are not kept in clear: ``patient_key`` is a SHA-256 of
 the issuer and Patient ID, enough to pair series of one patient across studies.
-Timestamps are naive UTC.
+Timestamps are naive UTC. The closed sets of values a column holds are the enums here
+(``SeriesState``, ``Role``, ``JobStatus``, ``MissingSeries``, ``JobOutcome``, ``DeliveryStatus``,
+``PurgeRule``): compare against them, never against their strings.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ class SeriesState(enum.StrEnum):
     SETTLED = "settled"
 
 
+class Role(enum.StrEnum):
+    """What a settled series is to the analysis (``Series.role``), as imaging/classify.py
+    decides it."""
+
+    NCCT = "ncct"
+    CTA = "cta"
+    OTHER = "other"
+
+
 class JobStatus(enum.StrEnum):
     """Where an analysis job stands (procrastinate's vocabulary)."""
 
@@ -49,12 +60,37 @@ class JobStatus(enum.StrEnum):
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+class MissingSeries(enum.StrEnum):
+    """Which input never came within the pairing window (``Job.missing``): such a job is
+    reported to the PACS as not analysable."""
+
+    CTA = "CTA missing"
+    NCCT = "NCCT missing"
+
+
+class JobOutcome(enum.StrEnum):
+    """How an analysis ended (``Job.outcome``): set when the job is done, or failed for good
+    with a report that says so."""
+
+    ANALYSED = "analysed"
+    NOT_ANALYSABLE = "not_analysable"
+
+
 class DeliveryStatus(enum.StrEnum):
     """Where sending one job's results to one destination stands."""
 
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+
+
+class PurgeRule(enum.StrEnum):
+    """Why retention purged a study (``PurgeAudit.rule``)."""
+
+    #: Its last instance arrived more than ``[retention] days`` ago.
+    AGE = "age"
+    #: Every delivery of its results succeeded (``[retention] purge_after_delivery``).
+    DELIVERED = "delivered"
 
 
 def _enum(cls: type[enum.StrEnum]) -> Enum:
@@ -119,7 +155,7 @@ class Series(Base):
     #: another series) while no other association was delivering it; cleared by the next
     #: instance. The settle sweep settles it ``settle_after_release_seconds`` later.
     released_at: Mapped[datetime | None] = mapped_column(DateTime)
-    #: "ncct", "cta" or "other", decided when the series settles (imaging/classify.py).
+    #: A :class:`Role`, decided when the series settles (imaging/classify.py).
     role: Mapped[str | None] = mapped_column(String(8))
     role_reason: Mapped[str | None] = mapped_column(Text)
 
@@ -163,7 +199,7 @@ class Job(Base):
     patient_key: Mapped[str | None] = mapped_column(String(64))
     ncct_series_uid: Mapped[str | None] = mapped_column(String(64))
     cta_series_uid: Mapped[str | None] = mapped_column(String(64))
-    #: "CTA missing" / "NCCT missing" when the partner never came within the pairing window.
+    #: A :class:`MissingSeries` when the partner never came within the pairing window.
     missing: Mapped[str | None] = mapped_column(String(16))
     signature: Mapped[str] = mapped_column(String(400))
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
@@ -175,7 +211,7 @@ class Job(Base):
     run_after: Mapped[datetime] = mapped_column(DateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
-    #: "analysed" or "not_analysable" once done; the reason says why on failure too.
+    #: A :class:`JobOutcome` once done; the reason says why on failure too.
     outcome: Mapped[str | None] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     probability: Mapped[float | None] = mapped_column(Float)
@@ -260,7 +296,7 @@ class PurgeAudit(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     purged_at: Mapped[datetime] = mapped_column(DateTime)
-    #: "age" (older than [retention] days) or "delivered" (every delivery succeeded).
+    #: A :class:`PurgeRule`.
     rule: Mapped[str] = mapped_column(String(16))
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)

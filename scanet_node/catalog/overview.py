@@ -2,8 +2,8 @@
 
 Each method is one read transaction with bounded results (LIMITs, or aggregates), and
 returns plain dataclasses built from the same converters as the rest of the catalog
-(:func:`store._study_summary`, :func:`jobs._job_info`, :func:`jobs._delivery_info`), so the
-page shows what the CLI shows. Nothing here reads patient names or IDs; the catalog does not
+(:meth:`StudySummary.from_row`, :meth:`JobInfo.from_row`, :meth:`DeliveryInfo.from_row`), so
+the page shows what the CLI shows. Nothing here reads patient names or IDs; the catalog does not
 hold them.
 """
 
@@ -16,21 +16,19 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from scanet_node.catalog.jobs import DeliveryInfo, JobInfo, _delivery_info, _job_info
+from scanet_node.catalog.jobs import DeliveryInfo, JobInfo
 from scanet_node.catalog.models import (
     Delivery,
     DeliveryStatus,
     Instance,
     Job,
+    JobOutcome,
     JobStatus,
     PurgeAudit,
     Series,
     Study,
 )
-from scanet_node.catalog.store import Catalog, StudySummary, _study_summary
-
-#: Outcomes of a finished analysis (Job.outcome).
-OUTCOMES = ("analysed", "not_analysable")
+from scanet_node.catalog.store import Catalog, StudySummary
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class JobRow:
-    """A job with a summary of its deliveries."""
+    """A job with a summary of its deliveries: a row of the admin page's job tables."""
 
     job: JobInfo
     #: Deliveries by status.
@@ -79,7 +77,7 @@ class JobRow:
 
 @dataclass(frozen=True)
 class StudyRow:
-    """A study with its series and its newest job."""
+    """A study with its series and its newest job: an entry of the admin page's studies."""
 
     study: StudySummary
     latest_job: JobInfo | None
@@ -169,12 +167,12 @@ class Overview:
 
     def ping(self) -> None:
         """A trivial query; raises when the database does not answer."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             session.execute(select(1)).scalar_one()
 
     def counts(self) -> Counts:
         """Totals of studies, series, instances, jobs and deliveries."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.scalar(select(func.count(Study.id))) or 0
             series = session.scalar(select(func.count(Series.id))) or 0
             instances, spool_bytes = session.execute(
@@ -218,7 +216,7 @@ class Overview:
 
     def recent_studies(self, limit: int = 100) -> list[StudyRow]:
         """The most recently received studies with their series and newest job."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -232,15 +230,18 @@ class Overview:
                 .group_by(Job.study_instance_uid)
             )
             latest = {
-                j.study_instance_uid: _job_info(j)
+                j.study_instance_uid: JobInfo.from_row(j)
                 for j in session.scalars(select(Job).where(Job.id.in_(newest)))
             }
-            return [StudyRow(_study_summary(s), latest.get(s.study_instance_uid)) for s in studies]
+            return [
+                StudyRow(StudySummary.from_row(s), latest.get(s.study_instance_uid))
+                for s in studies
+            ]
 
     def activity(self, since: datetime, limit: int = 1000) -> Activity:
         """Studies that received an instance at or after ``since`` (newest first, at most
         ``limit``), with the jobs and deliveries that concern them."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -272,8 +273,8 @@ class Overview:
                 else []
             )
             return Activity(
-                [_study_summary(s) for s in studies],
-                [_job_info(j) for j in jobs],
+                [StudySummary.from_row(s) for s in studies],
+                [JobInfo.from_row(j) for j in jobs],
                 [
                     DeliveryState(
                         d.job_id,
@@ -289,7 +290,7 @@ class Overview:
 
     def study(self, study_instance_uid: str, job_limit: int = 50) -> StudyDetail | None:
         """One study with its series and its jobs, or None."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             study = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
@@ -303,17 +304,17 @@ class Overview:
                 .order_by(Job.id.desc())
                 .limit(job_limit)
             ).all()
-            return StudyDetail(_study_summary(study), _job_rows(session, jobs))
+            return StudyDetail(StudySummary.from_row(study), _job_rows(session, jobs))
 
     def recent_jobs(self, limit: int = 100) -> list[JobRow]:
         """The newest jobs with a summary of their deliveries."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
             return _job_rows(session, jobs)
 
     def job(self, job_id: int) -> JobDetail | None:
         """One job with its deliveries and their attempts, or None."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             job = session.get(Job, job_id)
             if job is None:
                 return None
@@ -323,17 +324,19 @@ class Overview:
                 .where(Delivery.job_id == job_id)
                 .order_by(Delivery.id)
             ).all()
-            return JobDetail(_job_rows(session, [job])[0], [_delivery_info(d) for d in deliveries])
+            return JobDetail(
+                _job_rows(session, [job])[0], [DeliveryInfo.from_row(d) for d in deliveries]
+            )
 
     def metric_figures(self) -> MetricFigures:
         """The job-derived figures of ``/metrics``, computed from the rows at scrape time."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             newest_done = (
                 select(func.max(Job.id))
                 .where(Job.status == JobStatus.DONE)
                 .group_by(Job.study_instance_uid)
             )
-            studies: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+            studies: dict[str, int] = {str(o): 0 for o in JobOutcome}
             for outcome, n in session.execute(
                 select(Job.outcome, func.count())
                 .where(Job.id.in_(newest_done))
@@ -345,7 +348,7 @@ class Overview:
             for outcome, n in session.execute(
                 select(PurgeAudit.outcome, func.count()).group_by(PurgeAudit.outcome)
             ):
-                if outcome in OUTCOMES:
+                if outcome in tuple(JobOutcome):
                     studies[str(outcome)] += int(n)
                 elif outcome == JobStatus.FAILED:
                     purged_failures += int(n)
@@ -416,4 +419,4 @@ def _job_rows(session: Session, jobs: Sequence[Job]) -> list[JobRow]:
             by_job.setdefault(job_id, {})[str(status)] = int(n)
             if status == DeliveryStatus.SENT:
                 delivered[job_id] = last_sent
-    return [JobRow(_job_info(j), by_job.get(j.id, {}), delivered.get(j.id)) for j in jobs]
+    return [JobRow(JobInfo.from_row(j), by_job.get(j.id, {}), delivered.get(j.id)) for j in jobs]

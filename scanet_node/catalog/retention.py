@@ -37,12 +37,12 @@ from scanet_node.catalog.store import Catalog, utcnow
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_BUSY_TIMEOUT_MS = 2000
-#: The status :class:`JobRow` gives a pending delivery that a worker is sending right now.
+#: The status :class:`RetentionJob` gives a pending delivery that a worker is sending right now.
 SENDING = "sending"
 
 
 @dataclass(frozen=True)
-class StudyRow:
+class RetentionStudy:
     """A study as the purge decision sees it.
 
     ``pending`` is true while a series of the study is still receiving, or has settled
@@ -55,7 +55,7 @@ class StudyRow:
 
 
 @dataclass(frozen=True)
-class JobRow:
+class RetentionJob:
     """A job as the purge decision sees it: where it is filed, what it read, how it ended.
 
     ``input_study_uids`` are the catalogued studies of its NCCT and CTA series (the NCCT
@@ -108,22 +108,23 @@ class AuditInfo:
     deliveries_sent: int
     deliveries_failed: int
 
-
-def _audit_info(row: PurgeAudit) -> AuditInfo:
-    return AuditInfo(
-        id=row.id,
-        purged_at=row.purged_at,
-        rule=row.rule,
-        first_received_at=row.first_received_at,
-        last_received_at=row.last_received_at,
-        num_series=row.num_series,
-        num_instances=row.num_instances,
-        bytes_freed=row.bytes_freed,
-        jobs=row.jobs,
-        outcome=row.outcome,
-        deliveries_sent=row.deliveries_sent,
-        deliveries_failed=row.deliveries_failed,
-    )
+    @classmethod
+    def from_row(cls, row: PurgeAudit) -> AuditInfo:
+        """The audit row as a plain value."""
+        return cls(
+            id=row.id,
+            purged_at=row.purged_at,
+            rule=row.rule,
+            first_received_at=row.first_received_at,
+            last_received_at=row.last_received_at,
+            num_series=row.num_series,
+            num_instances=row.num_instances,
+            bytes_freed=row.bytes_freed,
+            jobs=row.jobs,
+            outcome=row.outcome,
+            deliveries_sent=row.deliveries_sent,
+            deliveries_failed=row.deliveries_failed,
+        )
 
 
 class RetentionStore:
@@ -134,7 +135,7 @@ class RetentionStore:
 
     def state(
         self, study_uids: Collection[str] | None = None
-    ) -> tuple[list[StudyRow], list[JobRow]]:
+    ) -> tuple[list[RetentionStudy], list[RetentionJob]]:
         """Studies and jobs for the purge decision: all of them, or those of ``study_uids``.
 
         Restricted to ``study_uids``, the jobs are those filed in or reading from one of
@@ -170,7 +171,7 @@ class RetentionStore:
                     Job.cta_series_uid.in_(series_uids),
                 )
             )
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             job_rows = session.execute(jobs_query).all()
             job_ids = [r[0] for r in job_rows]
             deliveries: dict[int, list[str]] = defaultdict(list)
@@ -184,7 +185,7 @@ class RetentionStore:
                     leased = status == DeliveryStatus.PENDING and lease is not None and lease > now
                     deliveries[job_id].append(SENDING if leased else str(status))
             jobs = [
-                JobRow(
+                RetentionJob(
                     id=r[0],
                     study_instance_uid=r[1],
                     status=str(r[2]),
@@ -207,7 +208,7 @@ class RetentionStore:
                     touched.update(job.input_study_uids)
                 studies_query = studies_query.where(Study.study_instance_uid.in_(sorted(touched)))
             studies = [
-                StudyRow(uid, last, bool(is_pending))
+                RetentionStudy(uid, last, bool(is_pending))
                 for uid, last, is_pending in session.execute(studies_query)
             ]
         return studies, jobs
@@ -215,7 +216,7 @@ class RetentionStore:
     def contents(self, study_uids: Collection[str]) -> list[StudyContents]:
         """The instance paths and results folders of each of ``study_uids`` still catalogued."""
         wanted = list(study_uids)
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             studies = session.execute(
                 select(Study.id, Study.study_instance_uid, Study.last_received_at).where(
                     Study.study_instance_uid.in_(wanted)
@@ -252,7 +253,7 @@ class RetentionStore:
         queued or running job, or has results being sent; the next sweep decides again.
         """
         uids = [s.study_instance_uid for s in studies]
-        with self.catalog._write() as session:
+        with self.catalog.write() as session:
             found = session.execute(
                 select(Study.id, Study.study_instance_uid, Study.last_received_at)
                 .where(Study.study_instance_uid.in_(uids))
@@ -291,7 +292,7 @@ class RetentionStore:
             session.add_all(audits)
             self._delete_rows(session, uids, study_ids)
             session.flush()
-            return [_audit_info(a) for a in audits]
+            return [AuditInfo.from_row(a) for a in audits]
 
     @staticmethod
     def _audit(
@@ -364,11 +365,11 @@ class RetentionStore:
 
     def audits(self, limit: int | None = None) -> list[AuditInfo]:
         """Purge audit rows, newest first."""
-        with self.catalog._read() as session:
+        with self.catalog.read() as session:
             query = select(PurgeAudit).order_by(PurgeAudit.id.desc())
             if limit is not None:
                 query = query.limit(limit)
-            return [_audit_info(a) for a in session.scalars(query)]
+            return [AuditInfo.from_row(a) for a in session.scalars(query)]
 
     def checkpoint(self) -> bool:
         """On SQLite, fold the WAL into the database file and truncate it; True if it did.
@@ -380,7 +381,7 @@ class RetentionStore:
         """
         if self.catalog.engine.dialect.name != "sqlite":
             return False
-        # Outside any transaction: the raw connection runs in autocommit (store.py).
+        # Outside any transaction: the raw connection runs in autocommit (engine.py).
         raw = self.catalog.engine.raw_connection()
         try:
             cursor = raw.cursor()

@@ -3,11 +3,14 @@
 Each operation is one committed transaction. On SQLite the database runs in WAL
 mode with ``synchronous=FULL``, so a committed row survives a power cut, and write
 transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on the
-busy timeout instead of failing on a lock upgrade.
+busy timeout instead of failing on a lock upgrade. The other catalog modules (jobs.py,
+overview.py, retention.py) run their queries in the sessions of :meth:`Catalog.read` and
+:meth:`Catalog.write`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -105,6 +108,49 @@ class StudySummary:
     last_received_at: datetime
     series: list[SeriesSummary] = field(default_factory=list)
 
+    @classmethod
+    def from_row(cls, study: Study) -> StudySummary:
+        """The study as the row holds it, with its series (loads ``series``)."""
+        return cls(
+            study_instance_uid=study.study_instance_uid,
+            study_date=study.study_date,
+            study_description=study.study_description,
+            num_instances=study.num_instances,
+            first_received_at=study.first_received_at,
+            last_received_at=study.last_received_at,
+            series=[
+                SeriesSummary(
+                    series_instance_uid=s.series_instance_uid,
+                    modality=s.modality,
+                    series_number=s.series_number,
+                    series_description=s.series_description,
+                    image_type=s.image_type,
+                    contrast_agent=s.contrast_agent,
+                    slice_thickness=s.slice_thickness,
+                    sop_class_uid=s.sop_class_uid,
+                    num_instances=s.num_instances,
+                    state=str(s.state),
+                    calling_aet=s.calling_aet,
+                    first_received_at=s.first_received_at,
+                    last_received_at=s.last_received_at,
+                    settled_at=s.settled_at,
+                    role=s.role,
+                    role_reason=s.role_reason,
+                )
+                for s in study.series
+            ],
+        )
+
+
+class SettleReason(enum.StrEnum):
+    """Why the settle sweep settled a series (:attr:`SettledSeries.why`)."""
+
+    #: Its sender was done with it (:meth:`Catalog.mark_series_released`), then the grace
+    #: passed.
+    RELEASED = "released"
+    #: Nothing was received for ``series_settle_seconds``.
+    QUIET = "quiet"
+
 
 @dataclass(frozen=True)
 class SettledSeries:
@@ -114,9 +160,7 @@ class SettledSeries:
     series_instance_uid: str
     modality: str | None
     num_instances: int
-    #: "released" (its sender was done with it, then the grace passed) or "quiet" (nothing
-    #: received for ``series_settle_seconds``).
-    why: str = "quiet"
+    why: SettleReason = SettleReason.QUIET
 
 
 class _Conflict(Exception):
@@ -167,12 +211,30 @@ class Catalog:
         self.engine.dispose()
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def write(self) -> Iterator[Session]:
+        """A session in one write transaction, committed when the block ends (rolled back if
+        it raises).
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE``: it takes the database's
+        write lock at once, so writers run one at a time (a second waits up to the busy
+        timeout, :data:`~scanet_node.catalog.engine.SQLITE_BUSY_TIMEOUT_MS`) and what a
+        transaction reads stays true until it commits. On PostgreSQL it is READ COMMITTED:
+        other writers run alongside, so a query that decides on rows it then changes locks
+        them (``with_for_update``; ``skip_locked`` to pass over rows another worker holds).
+        Objects stay usable after the commit (``expire_on_commit=False``).
+        """
         with self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
+    def read(self) -> Iterator[Session]:
+        """A session for queries only, rolled back when the block ends: nothing written in it
+        is kept (use :meth:`write` for any change).
+
+        On SQLite it starts with a plain ``BEGIN`` and takes no write lock: its queries read
+        one snapshot, taken at the first, while writers go on. On PostgreSQL (READ COMMITTED)
+        each query sees what was committed when that query started.
+        """
         with self._sessions() as session:
             session.connection(execution_options={"readonly": True})
             yield session
@@ -360,7 +422,7 @@ class Catalog:
         if not series_uids:
             return 0
         at = at or utcnow()
-        with self._write() as session:
+        with self.write() as session:
             result = session.execute(
                 update(Series)
                 .where(
@@ -389,7 +451,7 @@ class Catalog:
                 Series.released_at.is_not(None)
                 & (Series.released_at <= now - timedelta(seconds=release_grace_seconds))
             )
-        with self._write() as session:
+        with self.write() as session:
             rows = session.execute(
                 select(
                     Series.id,
@@ -410,33 +472,39 @@ class Catalog:
                     .values(state=SeriesState.SETTLED, settled_at=now, released_at=None)
                 )
         return [
-            SettledSeries(r[1], r[2], r[3], r[4], "quiet" if r[5] <= cutoff else "released")
+            SettledSeries(
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                SettleReason.QUIET if r[5] <= cutoff else SettleReason.RELEASED,
+            )
             for r in rows
         ]
 
     def list_studies(self) -> list[StudySummary]:
         """Every study with its series, most recently received first."""
-        with self._read() as session:
+        with self.read() as session:
             studies = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
                 .order_by(Study.last_received_at.desc())
             ).all()
-            return [_study_summary(s) for s in studies]
+            return [StudySummary.from_row(s) for s in studies]
 
     def get_study(self, study_instance_uid: str) -> StudySummary | None:
         """One study with its series, or None."""
-        with self._read() as session:
+        with self.read() as session:
             study = session.scalars(
                 select(Study)
                 .options(selectinload(Study.series))
                 .where(Study.study_instance_uid == study_instance_uid)
             ).one_or_none()
-            return None if study is None else _study_summary(study)
+            return None if study is None else StudySummary.from_row(study)
 
     def instance_paths(self, series_instance_uid: str) -> list[str]:
         """Spool-relative paths of a series' instances, in the order they were filed."""
-        with self._read() as session:
+        with self.read() as session:
             return list(
                 session.scalars(
                     select(Instance.path)
@@ -448,37 +516,5 @@ class Catalog:
 
     def count_instances(self) -> int:
         """How many instances the catalog holds."""
-        with self._read() as session:
+        with self.read() as session:
             return session.scalar(select(func.count(Instance.id))) or 0
-
-
-def _study_summary(study: Study) -> StudySummary:
-    return StudySummary(
-        study_instance_uid=study.study_instance_uid,
-        study_date=study.study_date,
-        study_description=study.study_description,
-        num_instances=study.num_instances,
-        first_received_at=study.first_received_at,
-        last_received_at=study.last_received_at,
-        series=[
-            SeriesSummary(
-                series_instance_uid=s.series_instance_uid,
-                modality=s.modality,
-                series_number=s.series_number,
-                series_description=s.series_description,
-                image_type=s.image_type,
-                contrast_agent=s.contrast_agent,
-                slice_thickness=s.slice_thickness,
-                sop_class_uid=s.sop_class_uid,
-                num_instances=s.num_instances,
-                state=str(s.state),
-                calling_aet=s.calling_aet,
-                first_received_at=s.first_received_at,
-                last_received_at=s.last_received_at,
-                settled_at=s.settled_at,
-                role=s.role,
-                role_reason=s.role_reason,
-            )
-            for s in study.series
-        ],
-    )

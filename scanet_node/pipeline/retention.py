@@ -40,10 +40,10 @@ from scanet_node.catalog.models import ACTIVE_JOB_STATUSES
 from scanet_node.catalog.retention import (
     SENDING,
     AuditInfo,
-    JobRow,
+    RetentionJob,
     RetentionStore,
+    RetentionStudy,
     StudyContents,
-    StudyRow,
     StudyToPurge,
 )
 from scanet_node.catalog.store import Catalog, utcnow
@@ -86,7 +86,7 @@ class RetentionPlan:
     held: list[Held] = field(default_factory=list)
 
 
-def _groups(studies: Sequence[StudyRow], jobs: Sequence[JobRow]) -> list[list[str]]:
+def _groups(studies: Sequence[RetentionStudy], jobs: Sequence[RetentionJob]) -> list[list[str]]:
     """The catalogued studies, grouped by the jobs that link them (union-find)."""
     parent: dict[str, str] = {s.study_instance_uid: s.study_instance_uid for s in studies}
 
@@ -106,7 +106,7 @@ def _groups(studies: Sequence[StudyRow], jobs: Sequence[JobRow]) -> list[list[st
     return [sorted(m) for m in members.values()]
 
 
-def _busy(jobs: Iterable[JobRow]) -> str:
+def _busy(jobs: Iterable[RetentionJob]) -> str:
     """Why these jobs keep their studies now ("" when nothing does)."""
     jobs = list(jobs)
     if any(j.status in ACTIVE_JOB_STATUSES for j in jobs):
@@ -116,7 +116,7 @@ def _busy(jobs: Iterable[JobRow]) -> str:
     return ""
 
 
-def _delivered(newest: JobRow) -> bool:
+def _delivered(newest: RetentionJob) -> bool:
     return (
         newest.status == "done"
         and bool(newest.deliveries)
@@ -125,8 +125,8 @@ def _delivered(newest: JobRow) -> bool:
 
 
 def plan_purge(
-    studies: Sequence[StudyRow],
-    jobs: Sequence[JobRow],
+    studies: Sequence[RetentionStudy],
+    jobs: Sequence[RetentionJob],
     now: datetime,
     settings: RetentionSettings,
 ) -> RetentionPlan:
@@ -145,7 +145,7 @@ def plan_purge(
     """
     cutoff = now - timedelta(days=settings.days)
     by_uid = {s.study_instance_uid: s for s in studies}
-    jobs_of: dict[str, list[JobRow]] = defaultdict(list)
+    jobs_of: dict[str, list[RetentionJob]] = defaultdict(list)
     for job in jobs:
         for uid in {job.study_instance_uid, *job.input_study_uids}:
             if uid in by_uid:
@@ -164,7 +164,7 @@ def plan_purge(
             continue
         if not settings.purge_after_delivery or any(by_uid[uid].pending for uid in group):
             continue
-        filed: dict[str, JobRow] = {}
+        filed: dict[str, RetentionJob] = {}
         for job in group_jobs.values():
             newest = filed.get(job.study_instance_uid)
             if job.study_instance_uid in by_uid and (newest is None or job.id > newest.id):

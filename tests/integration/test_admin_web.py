@@ -321,7 +321,7 @@ def test_metrics_count_what_was_received_and_done(content: Content) -> None:
     assert got["scanet_disk_free_bytes"][()] > 0
 
     # A study purged by retention leaves an audit row; the totals keep counting it.
-    with node.catalog._write() as session:
+    with node.catalog.write() as session:
         now = utcnow()
         for outcome in ("analysed", "failed"):
             session.add(

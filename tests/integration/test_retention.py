@@ -93,7 +93,7 @@ def spool_paths(node: Node, study_uid: str) -> list[Path]:
 def age(catalog: Catalog, study_uid: str, days: float, spool_root: Path) -> None:
     """Move a study's arrival back by ``days``: its rows' timestamps and its files' mtimes."""
     shift = timedelta(days=days)
-    with catalog._write() as session:
+    with catalog.write() as session:
         study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
         study.first_received_at -= shift
         study.last_received_at -= shift
@@ -163,7 +163,7 @@ def finished_job(
 
 
 def count_rows(catalog: Catalog, model: Any) -> int:
-    with catalog._read() as session:
+    with catalog.read() as session:
         return len(session.scalars(select(model)).all())
 
 
@@ -190,7 +190,7 @@ def test_an_old_study_is_purged_files_rows_and_all(node_factory: NodeFactory) ->
     job_id = finished_job(
         catalog, old.study_uid, *old.series_uids, results_root, delivered=[True, None]
     )
-    with catalog._read() as session:
+    with catalog.read() as session:
         patient_key = session.scalars(
             select(Study.patient_key).where(Study.study_instance_uid == old.study_uid)
         ).one()
@@ -231,7 +231,7 @@ def test_an_old_study_is_purged_files_rows_and_all(node_factory: NodeFactory) ->
     assert (audit.deliveries_sent, audit.deliveries_failed) == (1, 1)  # pending: given up
     assert audit.bytes_freed == expected_bytes
     assert audit.last_received_at < utcnow() - timedelta(days=30)
-    with catalog._read() as session:
+    with catalog.read() as session:
         row = session.scalars(select(PurgeAudit)).one()
         text = json.dumps({c.name: str(getattr(row, c.name)) for c in PurgeAudit.__table__.c})
     for secret in [*old.uids, patient_key, PATIENT_ID, "TESTPATIENT", "20261129"]:

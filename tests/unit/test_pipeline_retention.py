@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from scanet_node.catalog.retention import SENDING, JobRow, StudyRow
+from scanet_node.catalog.retention import SENDING, RetentionJob, RetentionStudy
 from scanet_node.config import RetentionSettings
 from scanet_node.pipeline.retention import Held, PurgeGroup, plan_purge
 
@@ -13,8 +13,8 @@ KEEP_30 = RetentionSettings(days=30)
 AFTER_DELIVERY = RetentionSettings(days=30, purge_after_delivery=True)
 
 
-def study(uid: str, age_days: float, *, pending: bool = False) -> StudyRow:
-    return StudyRow(uid, NOW - timedelta(days=age_days), pending)
+def study(uid: str, age_days: float, *, pending: bool = False) -> RetentionStudy:
+    return RetentionStudy(uid, NOW - timedelta(days=age_days), pending)
 
 
 def job(
@@ -24,8 +24,8 @@ def job(
     *,
     inputs: tuple[str, ...] = (),
     deliveries: tuple[str, ...] = ("sent",),
-) -> JobRow:
-    return JobRow(job_id, filed_in, status, frozenset((filed_in, *inputs)), deliveries)
+) -> RetentionJob:
+    return RetentionJob(job_id, filed_in, status, frozenset((filed_in, *inputs)), deliveries)
 
 
 def test_a_study_older_than_days_is_purged_and_a_younger_one_kept() -> None:
@@ -34,7 +34,7 @@ def test_a_study_older_than_days_is_purged_and_a_younger_one_kept() -> None:
     assert plan.held == []
     # Fractions of a day count: 1e-5 days is under a second.
     tiny = RetentionSettings(days=1e-5)
-    assert plan_purge([StudyRow("s", NOW - timedelta(seconds=1))], [], NOW, tiny).purge == [
+    assert plan_purge([RetentionStudy("s", NOW - timedelta(seconds=1))], [], NOW, tiny).purge == [
         PurgeGroup(("s",), "age")
     ]
 
