@@ -17,6 +17,7 @@ from scanet_node.catalog.jobs import JobInfo
 from scanet_node.catalog.models import DeliveryStatus, JobStatus, SeriesState
 from scanet_node.catalog.overview import Activity, DeliveryState
 from scanet_node.catalog.store import StudySummary
+from scanet_node.pipeline.trigger import CTA_ROLE, NCCT_ROLE
 
 #: The states of :class:`Waiting`, in the order a study passes through them.
 STATES = (
@@ -183,8 +184,8 @@ def _before_a_job(
         )
     if any(s.role is None for s in study.series):
         return Waiting(uid, last, "classifying", "its settled series are being classified")
-    nccts = [s for s in study.series if s.role == "ncct"]
-    ctas = [s for s in study.series if s.role == "cta"]
+    nccts = [s for s in study.series if s.role == NCCT_ROLE]
+    ctas = [s for s in study.series if s.role == CTA_ROLE]
     window = timedelta(seconds=pairing_window_seconds)
     if bool(nccts) != bool(ctas):
         have, lacking = ("an NCCT", "a CTA") if nccts else ("a CTA", "an NCCT")

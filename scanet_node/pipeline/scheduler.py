@@ -24,7 +24,7 @@ from scanet_node.catalog.jobs import JobInfo, JobQueue
 from scanet_node.config import RetentionSettings
 from scanet_node.imaging.classify import ClassificationRules
 from scanet_node.pipeline.retention import run_retention
-from scanet_node.pipeline.trigger import plan_jobs
+from scanet_node.pipeline.trigger import OTHER_ROLE, plan_jobs
 
 #: The first retention sweep runs this long after start (or after ``sweep_seconds``, if less).
 RETENTION_FIRST_DELAY_SECONDS = 5.0
@@ -63,7 +63,7 @@ def classify_settled(queue: JobQueue, spool_root: Path, rules: ClassificationRul
             "study %s: series %s is %s",
             series.study_instance_uid,
             series.series_instance_uid,
-            role.role.upper() if role.role != "other" else "not used",
+            role.role.upper() if role.role != OTHER_ROLE else "not used",
             extra={"study_uid": series.study_instance_uid},
         )
     return len(pending)
