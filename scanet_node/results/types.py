@@ -7,13 +7,17 @@ and which instances they derive from; ``result`` says what the analysis found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from scanet_node.errors import ScanetError
+
+#: The two values of ``AnalysisResult.status`` (and of a job's outcome in the catalog).
+ANALYSED: Final = "analysed"
+NOT_ANALYSABLE: Final = "not_analysable"
 
 
 class ResultsError(ScanetError):
