@@ -43,8 +43,8 @@ from scanet_node.catalog.jobs import DeliveryInfo, JobInfo, JobQueue
 from scanet_node.catalog.overview import Counts, JobRow, Overview
 from scanet_node.config import DEFAULT_CHECKPOINT
 from scanet_node.errors import ListenerError
-from scanet_node.pipeline.analysis import OVERLAY_PNG, SUMMARY_PNG
 from scanet_node.pipeline.retention import tree_bytes
+from scanet_node.results.files import OVERLAY_PNG, SUMMARY_PNG
 
 if TYPE_CHECKING:
     from scanet_node.ingest.handlers import AssociationRecord

@@ -1,7 +1,8 @@
 """What the result builders take: plain data, filled in by the worker (pipeline/analysis.py).
 
-``results.build(study, result) -> list[Dataset]``: ``study`` says where the results are filed
-and which instances they derive from; ``result`` says what the analysis found.
+``results.build(study, result) -> ResultObjects`` (the SR, the summary, the overlays):
+``study`` says where the results are filed and which instances they derive from; ``result``
+says what the analysis found.
 """
 
 from __future__ import annotations
