@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,16 +100,25 @@ def _load_inputs(job: JobInfo, queue: JobQueue, spool_root: Path) -> JobInputs:
     )
 
 
-def _link_inputs(folder: Path, series: dict[str, list[Path]]) -> Path:
-    """A study folder of symbolic links to the chosen series' spool files, for ``prepare``."""
+@contextmanager
+def _linked_inputs(folder: Path, job: JobInfo, inputs: JobInputs) -> Iterator[Path]:
+    """A study folder of symbolic links to the job's NCCT and CTA spool files, for
+    ``prepare``; removed afterwards."""
     if folder.exists():
         shutil.rmtree(folder)
+    series = {
+        job.ncct_series_uid or "ncct": inputs.ncct_paths,
+        job.cta_series_uid or "cta": inputs.cta_paths,
+    }
     for uid, paths in series.items():
         target = folder / uid
         target.mkdir(parents=True)
         for n, path in enumerate(paths):
             os.symlink(path.resolve(), target / f"{n:05d}.dcm")
-    return folder
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _results_dir(settings: Settings, job: JobInfo) -> Path:
@@ -130,19 +141,10 @@ def analyse(
     if job.missing:
         result = _partner_missing(job.missing, algorithm, settings)
     else:
-        links = _link_inputs(
-            _results_dir(settings, job) / "input",
-            {
-                job.ncct_series_uid or "ncct": inputs.ncct_paths,
-                job.cta_series_uid or "cta": inputs.cta_paths,
-            },
-        )
-        try:
+        with _linked_inputs(_results_dir(settings, job) / "input", job, inputs) as links:
             result = _analyse_pair(
                 links, inputs, algorithm, settings, predictor, spool_root, timings, started
             )
-        finally:
-            shutil.rmtree(links, ignore_errors=True)
     return _report(job, result, inputs, queue, settings, timings, started)
 
 
