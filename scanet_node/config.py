@@ -253,13 +253,17 @@ class DeliverySettings(_Section):
         return self
 
 
+#: Series number of the SR by default; the overlays take the next, the summary the one after.
+RESULTS_SERIES_NUMBER = 9900
+
+
 class ResultsSettings(_Section):
     """``[results]``: what is sent back."""
 
     #: Attention overlays: the NCCT slices of this many most-weighted slabs.
     overlay_slices: int = Field(default=4, ge=1, le=26)
     #: Series numbers: the SR gets this, the attention overlays +1, the summary image +2.
-    series_number: int = Field(default=9900, ge=1, le=2**31 - 3)
+    series_number: int = Field(default=RESULTS_SERIES_NUMBER, ge=1, le=2**31 - 3)
 
 
 class ImagingSettings(_Section):

@@ -48,8 +48,8 @@ from scanet_node.admin.render import (
 )
 from scanet_node.catalog.models import DeliveryStatus, JobStatus
 from scanet_node.config import DEFAULT_CHECKPOINT
-from scanet_node.pipeline.analysis import OVERLAY_PNG, SUMMARY_PNG
 from scanet_node.pipeline.retention import tree_bytes
+from scanet_node.results.files import OVERLAY_PNG, SUMMARY_PNG
 
 if TYPE_CHECKING:
     from scanet_node.admin.view import NodeView
@@ -107,7 +107,7 @@ class _FolderSize:
     def __call__(self) -> int:
         with self._lock:
             if time.monotonic() - self._at > self.ttl:
-                self._value = tree_bytes(self.folder)[1]
+                self._value = tree_bytes(self.folder).bytes
                 self._at = time.monotonic()
             return self._value
 

@@ -107,3 +107,31 @@ def draw_attention(
         if len(chosen) == count:
             break
     return chosen
+
+
+def attention_overlays(
+    model_input: ModelInput,
+    attention: npt.NDArray[np.floating],
+    slice_weights: npt.NDArray[np.floating],
+    headers: Sequence[Dataset],
+    paths: Sequence[Path],
+    count: int,
+) -> list[DrawnOverlay]:
+    """The acquired NCCT images through the ``count`` most weighted slabs, with the attention.
+
+    ``attention`` is the prediction's attention volume on the model input's grid and
+    ``slice_weights`` its 26 slab weights. The attention is kept where the model saw the head
+    (the input is zero outside the mask) and scaled to a peak of 1, then drawn on each image
+    in its own geometry (:func:`draw_attention`).
+    """
+    inside = (model_input.tensor > 0).any(axis=0)
+    volume = attention * inside
+    peak = float(volume.max())
+    return draw_attention(
+        model_input,
+        volume / peak if peak > 0 else volume,
+        headers,
+        paths,
+        [int(s) for s in np.argsort(-slice_weights)],
+        count,
+    )

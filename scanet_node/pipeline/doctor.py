@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from scanet_node.catalog.jobs import JobInfo
-from scanet_node.catalog.models import DeliveryStatus, JobStatus, SeriesState
+from scanet_node.catalog.models import DeliveryStatus, JobStatus, Role, SeriesState
 from scanet_node.catalog.overview import Activity, DeliveryState
 from scanet_node.catalog.store import StudySummary
 
@@ -183,8 +183,8 @@ def _before_a_job(
         )
     if any(s.role is None for s in study.series):
         return Waiting(uid, last, "classifying", "its settled series are being classified")
-    nccts = [s for s in study.series if s.role == "ncct"]
-    ctas = [s for s in study.series if s.role == "cta"]
+    nccts = [s for s in study.series if s.role == Role.NCCT]
+    ctas = [s for s in study.series if s.role == Role.CTA]
     window = timedelta(seconds=pairing_window_seconds)
     if bool(nccts) != bool(ctas):
         have, lacking = ("an NCCT", "a CTA") if nccts else ("a CTA", "an NCCT")

@@ -35,8 +35,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
-from scanet_node.catalog.models import ACTIVE_JOB_STATUSES
+from scanet_node.catalog.models import ACTIVE_JOB_STATUSES, DeliveryStatus, JobStatus
 from scanet_node.catalog.retention import (
     SENDING,
     AuditInfo,
@@ -60,6 +61,21 @@ logger = logging.getLogger(__name__)
 #: modification times must still be purged.)
 MTIME_TOLERANCE_SECONDS = 2.0
 RECENT_FILE_SECONDS = 60.0
+
+
+class DiskUsage(NamedTuple):
+    """Files and bytes, of a folder or a study."""
+
+    files: int
+    bytes: int
+
+
+class _Deleted(NamedTuple):
+    """What deleting one study's files did."""
+
+    files: int
+    bytes: int
+    kept: int  # files left as too new (maybe the same instance sent again)
 
 
 @dataclass(frozen=True)
@@ -118,9 +134,9 @@ def _busy(jobs: Iterable[RetentionJob]) -> str:
 
 def _delivered(newest: RetentionJob) -> bool:
     return (
-        newest.status == "done"
+        newest.status == JobStatus.DONE
         and bool(newest.deliveries)
-        and (all(d == "sent" for d in newest.deliveries))
+        and (all(d == DeliveryStatus.SENT for d in newest.deliveries))
     )
 
 
@@ -242,7 +258,7 @@ def _check_paths(contents: StudyContents, spool_root: Path, results_root: Path) 
     return _Files(files, folders, last)
 
 
-def tree_bytes(folder: Path) -> tuple[int, int]:
+def tree_bytes(folder: Path) -> DiskUsage:
     """Files and bytes under ``folder`` (0, 0 if it is gone); links are not followed, and what
     cannot be read is left out."""
     count = size = 0
@@ -251,19 +267,19 @@ def tree_bytes(folder: Path) -> tuple[int, int]:
             with contextlib.suppress(OSError):
                 size += os.lstat(os.path.join(dirpath, name)).st_size
                 count += 1
-    return count, size
+    return DiskUsage(count, size)
 
 
-def _measure(files: _Files) -> tuple[int, int]:
+def _measure(files: _Files) -> DiskUsage:
     count = size = 0
     for path in files.instance_files:
         with contextlib.suppress(FileNotFoundError):
             size += os.lstat(path).st_size
             count += 1
     for folder in files.results_dirs:
-        n, b = tree_bytes(folder)
-        count, size = count + n, size + b
-    return count, size
+        usage = tree_bytes(folder)
+        count, size = count + usage.files, size + usage.bytes
+    return DiskUsage(count, size)
 
 
 def _remove_empty_parents(folders: set[Path], root: Path) -> None:
@@ -278,8 +294,8 @@ def _remove_empty_parents(folders: set[Path], root: Path) -> None:
             current = current.parent
 
 
-def _delete(files: _Files, spool_root: Path, decided_at: float) -> tuple[int, int, int]:
-    """Delete the files; return (files deleted, bytes freed, files kept as too new)."""
+def _delete(files: _Files, spool_root: Path, decided_at: float) -> _Deleted:
+    """Delete the files; what was deleted, and what was kept as too new."""
     count = size = kept = 0
     keep_after = max(
         files.last_received + MTIME_TOLERANCE_SECONDS, decided_at - RECENT_FILE_SECONDS
@@ -299,12 +315,12 @@ def _delete(files: _Files, spool_root: Path, decided_at: float) -> tuple[int, in
             path.unlink()
             count, size = count + 1, size + st.st_size
     for folder in files.results_dirs:
-        n, b = tree_bytes(folder)
+        usage = tree_bytes(folder)
         if folder.exists():
             shutil.rmtree(folder)
-        count, size = count + n, size + b
+        count, size = count + usage.files, size + usage.bytes
     _remove_empty_parents({p.parent for p in files.instance_files}, spool_root)
-    return count, size, kept
+    return _Deleted(count, size, kept)
 
 
 def _purge_group(
@@ -339,23 +355,23 @@ def _purge_group(
         return
     if report.dry_run:
         for c in contents:
-            count, size = _measure(checked[c.study_instance_uid])
-            report.purged.append(PurgedStudy(c.study_instance_uid, group.rule, count, size))
+            usage = _measure(checked[c.study_instance_uid])
+            report.purged.append(
+                PurgedStudy(c.study_instance_uid, group.rule, usage.files, usage.bytes)
+            )
         return
-    done: dict[str, tuple[int, int]] = {}
-    kept = 0
+    done: dict[str, _Deleted] = {}
     for c in contents:
-        count, size, newer = _delete(checked[c.study_instance_uid], spool_root, decided_at)
+        done[c.study_instance_uid] = _delete(checked[c.study_instance_uid], spool_root, decided_at)
         purge_study_caches(spool_root, c.study_instance_uid)  # the prepared NCCT, if any
-        done[c.study_instance_uid] = (count, size)
-        kept += newer
+    kept = sum(d.kept for d in done.values())
     report.files_kept += kept
     audits = None
     if not kept:
         audits = store.purge(
             [
                 StudyToPurge(
-                    c.study_instance_uid, c.last_received_at, done[c.study_instance_uid][1]
+                    c.study_instance_uid, c.last_received_at, done[c.study_instance_uid].bytes
                 )
                 for c in contents
             ],
@@ -371,16 +387,18 @@ def _purge_group(
         report.skipped += 1
         return
     for c, audit in zip(contents, audits, strict=True):
-        count, size = done[c.study_instance_uid]
-        report.purged.append(PurgedStudy(c.study_instance_uid, group.rule, count, size, audit))
+        deleted = done[c.study_instance_uid]
+        report.purged.append(
+            PurgedStudy(c.study_instance_uid, group.rule, deleted.files, deleted.bytes, audit)
+        )
         logger.info(
             "retention: purged study %s (%s): %d series, %d instances, %d files, %d bytes",
             c.study_instance_uid,
             group.rule,
             audit.num_series,
             audit.num_instances,
-            count,
-            size,
+            deleted.files,
+            deleted.bytes,
             extra={"study_uid": c.study_instance_uid},
         )
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from scanet_node.catalog import Catalog, SettledSeries, utcnow
 from scanet_node.catalog.jobs import JobInfo, JobQueue
+from scanet_node.catalog.models import Role
 from scanet_node.config import RetentionSettings
 from scanet_node.imaging.classify import ClassificationRules
 from scanet_node.pipeline.retention import run_retention
@@ -63,7 +64,7 @@ def classify_settled(queue: JobQueue, spool_root: Path, rules: ClassificationRul
             "study %s: series %s is %s",
             series.study_instance_uid,
             series.series_instance_uid,
-            role.role.upper() if role.role != "other" else "not used",
+            role.role.upper() if Role(role.role) != Role.OTHER else "not used",
             extra={"study_uid": series.study_instance_uid},
         )
     return len(pending)

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from scanet_node.catalog.jobs import CandidateSeries, JobInfo, JobSpec
-from scanet_node.catalog.models import ACTIVE_JOB_STATUSES
+from scanet_node.catalog.models import (
+    ACTIVE_JOB_STATUSES,
+    JobStatus,
+    MissingSeries,
+    Role,
+    SeriesState,
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ def _decide(spec: JobSpec, latest: JobInfo | None) -> Decision | None:
     if latest.signature == spec.signature or latest.signature.startswith(spec.signature + ";"):
         return None
     if latest.status in ACTIVE_JOB_STATUSES:
-        if latest.status == "queued" and latest.attempts == 0:
+        if latest.status == JobStatus.QUEUED and latest.attempts == 0:
             return Decision(spec, update_job_id=latest.id)
         return None  # the running job finishes first; the next sweep amends it
     amends = latest.id if latest.sr_sop_instance_uid else latest.supersedes_id
@@ -105,10 +111,10 @@ def plan_jobs(
         by_patient[s.patient_key or f"study:{s.study_instance_uid}"].append(s)
     decisions: list[Decision] = []
     for members in by_patient.values():
-        receiving = [s for s in members if s.state != "settled"]
-        nccts = [s for s in members if s.state == "settled" and s.role == "ncct"]
-        ctas = [s for s in members if s.state == "settled" and s.role == "cta"]
-        unclassified = [s for s in members if s.state == "settled" and s.role is None]
+        receiving = [s for s in members if s.state != SeriesState.SETTLED]
+        nccts = [s for s in members if s.state == SeriesState.SETTLED and s.role == Role.NCCT]
+        ctas = [s for s in members if s.state == SeriesState.SETTLED and s.role == Role.CTA]
+        unclassified = [s for s in members if s.state == SeriesState.SETTLED and s.role is None]
         if unclassified:
             continue  # decide once every settled series of the patient has its role
         paired_nccts: set[str] = set()
@@ -143,19 +149,19 @@ def plan_jobs(
                 decisions.append(decision)
         # Partners that never came: report once the window has passed.
         for lone, missing in (
-            *((n, "CTA missing") for n in nccts if n.series_instance_uid not in paired_nccts),
-            *((c, "NCCT missing") for c in ctas if c.series_instance_uid not in paired_ctas),
+            *((n, MissingSeries.CTA) for n in nccts if n.series_instance_uid not in paired_nccts),
+            *((c, MissingSeries.NCCT) for c in ctas if c.series_instance_uid not in paired_ctas),
         ):
             if now - lone.last_received_at < pairing_window:
                 continue
-            partners = ctas if missing == "CTA missing" else nccts
+            partners = ctas if missing == MissingSeries.CTA else nccts
             if any(_gap(lone, p) <= pairing_window for p in partners):
                 continue  # a partner is there; this series was just not the one chosen
             study_uid = lone.study_instance_uid
             latest = latest_jobs.get(study_uid)
             if latest is not None and latest.missing is None:
                 continue  # the study was analysed with another pair; nothing is missing
-            is_ncct = missing == "CTA missing"
+            is_ncct = missing == MissingSeries.CTA
             spec = JobSpec(
                 study_instance_uid=study_uid,
                 patient_key=lone.patient_key,

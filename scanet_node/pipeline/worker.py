@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 from datetime import timedelta
@@ -27,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from scanet_node.catalog import Catalog, utcnow
 from scanet_node.catalog.jobs import AttemptInfo, DeliveryInfo, JobInfo, JobQueue
+from scanet_node.catalog.models import DeliveryStatus
 from scanet_node.config import Settings
 from scanet_node.errors import CheckpointError
 
 if TYPE_CHECKING:
     from scanet_node.model.predictor import Predictor
     from scanet_node.pipeline.analysis import Analysis
+    from scanet_node.results.deliver import SendOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -298,25 +299,11 @@ class Worker:
         "not analysable" report that says the analysis failed and why.
         """
         from scanet_node.pipeline.analysis import analyse
-        from scanet_node.retry import job_attempts_left, job_retry_delay
+        from scanet_node.retry import job_attempts_left
 
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
-        pipeline = self.settings.pipeline
-        if not job_attempts_left(job.attempts - 1, pipeline.job_max_attempts):
-            # Only a job whose worker stopped comes back after its last attempt.
-            stops = job.worker_stops
-            reason = (
-                f"the worker stopped during the analysis {stops} times (killed, or out of memory)"
-            )
-            if stops < job.attempts - 1 and job.reason:
-                reason += f"; the other attempts failed: {job.reason}"
-            logger.error("job %d failed for good: %s", job.id, reason, extra=extra)
-            self._answer_failure(
-                job,
-                reason,
-                f"the analysis stopped {stops} times before it could finish (the process was "
-                "ended, most often for lack of memory)",
-            )
+        if not job_attempts_left(job.attempts - 1, self.settings.pipeline.job_max_attempts):
+            self._fail_after_stops(job)
             return
         logger.info(
             "job %d: study %s, attempt %d",
@@ -341,43 +328,60 @@ class Worker:
             self.queue.fail_job(job.id, self.owner, f"no model to run: {exc}")
             return
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if job_attempts_left(job.attempts, pipeline.job_max_attempts):
-                delay = job_retry_delay(
-                    job.attempts,
-                    initial=pipeline.retry_initial_seconds,
-                    maximum=pipeline.retry_max_seconds,
-                )
-                logger.exception(
-                    "job %d failed, retrying in %.0f s: %s", job.id, delay, reason, extra=extra
-                )
-                self.queue.fail_job(
-                    job.id, self.owner, reason, retry_at=utcnow() + timedelta(seconds=delay)
-                )
-                return
-            logger.exception("job %d failed for good: %s", job.id, reason, extra=extra)
-            self._answer_failure(
-                job,
-                f"failed {job.attempts} times; last: {reason}",
-                f"an unexpected error stopped it {job.attempts} times "
-                f"({type(exc).__name__}; the details are in the node's log)",
-            )
+            self._retry_or_fail(job, exc)
             return
         if not self._record(job, analysis, analysis.reason):
             logger.warning("job %d: lease lost before the outcome was recorded", job.id)
             return
-        what = (
-            f"P(mTICI >= 2c) = {analysis.probability:.2f}"
-            if analysis.probability is not None
-            else f"not analysable ({analysis.reason})"
-        )
-        logger.info(
-            "job %d: %s; %d result instances; %.1f s",
+        _log_analysis(job, analysis)
+
+    def _fail_after_stops(self, job: JobInfo) -> None:
+        """Fail a job back after its last attempt (only a job whose worker stopped comes
+        back), and tell the study."""
+        stops = job.worker_stops
+        reason = f"the worker stopped during the analysis {stops} times (killed, or out of memory)"
+        if stops < job.attempts - 1 and job.reason:
+            reason += f"; the other attempts failed: {job.reason}"
+        logger.error(
+            "job %d failed for good: %s",
             job.id,
-            what,
-            len(analysis.files),
-            analysis.timings.get("total", 0.0),
-            extra=extra,
+            reason,
+            extra={"study_uid": job.study_instance_uid, "job_id": job.id},
+        )
+        self._answer_failure(
+            job,
+            reason,
+            f"the analysis stopped {stops} times before it could finish (the process was "
+            "ended, most often for lack of memory)",
+        )
+
+    def _retry_or_fail(self, job: JobInfo, exc: Exception) -> None:
+        """After an analysis raised ``exc`` (logged with its traceback): run the job again
+        later while it has attempts left, else fail it for good and tell the study."""
+        from scanet_node.retry import job_attempts_left, job_retry_delay
+
+        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        pipeline = self.settings.pipeline
+        reason = f"{type(exc).__name__}: {exc}"
+        if job_attempts_left(job.attempts, pipeline.job_max_attempts):
+            delay = job_retry_delay(
+                job.attempts,
+                initial=pipeline.retry_initial_seconds,
+                maximum=pipeline.retry_max_seconds,
+            )
+            logger.exception(
+                "job %d failed, retrying in %.0f s: %s", job.id, delay, reason, extra=extra
+            )
+            self.queue.fail_job(
+                job.id, self.owner, reason, retry_at=utcnow() + timedelta(seconds=delay)
+            )
+            return
+        logger.exception("job %d failed for good: %s", job.id, reason, extra=extra)
+        self._answer_failure(
+            job,
+            f"failed {job.attempts} times; last: {reason}",
+            f"an unexpected error stopped it {job.attempts} times "
+            f"({type(exc).__name__}; the details are in the node's log)",
         )
 
     def _record(
@@ -440,45 +444,9 @@ class Worker:
 
     def deliver(self, delivery: DeliveryInfo) -> DeliveryInfo:
         """Send one delivery's results once and record the attempt."""
-        from scanet_node.pipeline.analysis import result_files
-        from scanet_node.results.deliver import Peer, SendOutcome, client_ssl_context, send
-        from scanet_node.retry import next_attempt_delay, should_give_up
-
-        settings = self.settings.delivery
-        files = result_files(Path(delivery.results_dir)) if delivery.results_dir else []
         started_at = utcnow()
         tic = time.perf_counter()
-        tls: tuple[ssl.SSLContext, str] | None = None
-        tls_error = ""
-        destination = next(
-            (d for d in self.settings.destinations if d.name == delivery.destination), None
-        )
-        if destination is not None and destination.tls:
-            try:
-                context = client_ssl_context(
-                    destination.tls_ca, destination.tls_cert, destination.tls_key
-                )
-                tls = (context, destination.tls_server_name)
-            except (OSError, ssl.SSLError) as exc:
-                tls_error = f"cannot load the TLS files of destination {destination.name}: {exc}"
-        if tls_error:
-            outcome = SendOutcome(ok=False, permanent=True, status="tls", detail=tls_error)
-        elif files:
-            outcome = send(
-                files,
-                Peer(delivery.ae_title, delivery.host, delivery.port, delivery.destination),
-                calling_aet=self.settings.calling_ae_title,
-                timeout=settings.timeout_seconds,
-                ssl_context=tls[0] if tls else None,
-                server_hostname=tls[1] if tls else "",
-            )
-        else:
-            outcome = SendOutcome(
-                ok=False,
-                permanent=True,
-                status="missing",
-                detail=f"the results of job {delivery.job_id} are no longer on disk",
-            )
+        outcome = self._send(delivery)
         attempt = AttemptInfo(
             started_at,
             time.perf_counter() - tic,
@@ -488,20 +456,83 @@ class Worker:
             outcome.detail,
             outcome.sent,
         )
-        give_up = should_give_up(
-            delivery.created_at, utcnow(), timedelta(hours=settings.give_up_after_hours)
+        retry_in = self._retry_delay(delivery)
+        updated = self._record_attempt(delivery, attempt, retry_in)
+        self._log_delivery(delivery, outcome, attempt, updated, retry_in)
+        return updated
+
+    def _send(self, delivery: DeliveryInfo) -> SendOutcome:
+        """Send the delivery's result files to its destination: the outcome, a permanent
+        failure when the destination's TLS files cannot be loaded or the results are gone."""
+        from scanet_node.results.deliver import (
+            Peer,
+            SendOutcome,
+            TlsSetupError,
+            connection,
+            send,
         )
-        delay = next_attempt_delay(
+        from scanet_node.results.files import result_files
+
+        files = result_files(Path(delivery.results_dir)) if delivery.results_dir else []
+        peer = Peer(delivery.ae_title, delivery.host, delivery.port, delivery.destination)
+        try:
+            link = connection(peer, self.settings.destinations)
+        except TlsSetupError as exc:
+            return SendOutcome(ok=False, permanent=True, status="tls", detail=str(exc))
+        if not files:
+            return SendOutcome(
+                ok=False,
+                permanent=True,
+                status="missing",
+                detail=f"the results of job {delivery.job_id} are no longer on disk",
+            )
+        return send(
+            files,
+            link.peer,
+            calling_aet=self.settings.calling_ae_title,
+            timeout=self.settings.delivery.timeout_seconds,
+            ssl_context=link.ssl_context,
+            server_hostname=link.server_hostname,
+        )
+
+    def _retry_delay(self, delivery: DeliveryInfo) -> float:
+        """Seconds until the delivery's next attempt, should this one fail."""
+        from scanet_node.retry import next_attempt_delay
+
+        settings = self.settings.delivery
+        return next_attempt_delay(
             delivery.attempts + 1,
             initial=settings.retry_initial_seconds,
             maximum=settings.retry_max_seconds,
         )
-        updated = self.queue.record_attempt(
+
+    def _record_attempt(
+        self, delivery: DeliveryInfo, attempt: AttemptInfo, retry_in: float
+    ) -> DeliveryInfo:
+        """Record the attempt; the delivery fails for good once past its give-up time."""
+        from scanet_node.retry import should_give_up
+
+        give_up = should_give_up(
+            delivery.created_at,
+            utcnow(),
+            timedelta(hours=self.settings.delivery.give_up_after_hours),
+        )
+        return self.queue.record_attempt(
             delivery.id,
             attempt,
-            next_attempt_at=utcnow() + timedelta(seconds=delay),
+            next_attempt_at=utcnow() + timedelta(seconds=retry_in),
             give_up=give_up,
         )
+
+    @staticmethod
+    def _log_delivery(
+        delivery: DeliveryInfo,
+        outcome: SendOutcome,
+        attempt: AttemptInfo,
+        updated: DeliveryInfo,
+        retry_in: float,
+    ) -> None:
+        """Log the attempt: sent, failed for good, or to be retried."""
         extra = {"job_id": delivery.job_id, "study_uid": delivery.study_instance_uid}
         if outcome.ok:
             logger.info(
@@ -512,7 +543,7 @@ class Worker:
                 attempt.seconds,
                 extra=extra,
             )
-        elif updated.status == "failed":
+        elif updated.status == DeliveryStatus.FAILED:
             logger.error(
                 "job %d: delivery to %s failed for good after %d attempt(s): %s",
                 delivery.job_id,
@@ -527,10 +558,26 @@ class Worker:
                 delivery.job_id,
                 delivery.destination,
                 outcome.detail,
-                delay,
+                retry_in,
                 extra=extra,
             )
-        return updated
+
+
+def _log_analysis(job: JobInfo, analysis: Analysis) -> None:
+    """Log a recorded outcome: the probability, or why the study is not analysable."""
+    what = (
+        f"P(mTICI >= 2c) = {analysis.probability:.2f}"
+        if analysis.probability is not None
+        else f"not analysable ({analysis.reason})"
+    )
+    logger.info(
+        "job %d: %s; %d result instances; %.1f s",
+        job.id,
+        what,
+        len(analysis.files),
+        analysis.timings.get("total", 0.0),
+        extra={"study_uid": job.study_instance_uid, "job_id": job.id},
+    )
 
 
 def _watch_parent(parent_pid: int, stop: threading.Event) -> None:

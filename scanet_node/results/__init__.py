@@ -8,7 +8,8 @@ from __future__ import annotations
 
 # Imported (not wrapped) so that the name ``build`` is the function: importing the submodule
 # binds it on the package first, and this import then rebinds it.
-from scanet_node.results.build import build
+from scanet_node.results.build import ResultObjects, build
+from scanet_node.results.files import result_files, write_results
 from scanet_node.results.sc import write_png
 from scanet_node.results.types import (
     AlgorithmInfo,
@@ -22,8 +23,11 @@ __all__ = [
     "AlgorithmInfo",
     "AnalysisResult",
     "OverlaySlice",
+    "ResultObjects",
     "ResultsError",
     "StudyRefs",
     "build",
+    "result_files",
     "write_png",
+    "write_results",
 ]

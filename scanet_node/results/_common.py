@@ -14,7 +14,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from scanet_node import __version__
-from scanet_node.results.types import AnalysisResult, ResultsError, StudyRefs
+from scanet_node.catalog.models import JobOutcome
+from scanet_node.results.types import (
+    AnalysisResult,
+    ResultsError,
+    StudyRefs,
+)
 
 MANUFACTURER = "scanet-node project"
 MODEL_NAME = "scanet-node"
@@ -129,9 +134,9 @@ def validate(study: StudyRefs, result: AnalysisResult) -> None:
         if study.predecessor.SOPInstanceUID == uid(study.uid_seed, "sr", "instance"):
             raise ResultsError("study.predecessor is the SR this seed makes; amend with a new seed")
     _check_algorithm(result)
-    if result.status == "analysed":
+    if result.status == JobOutcome.ANALYSED:
         _check_analysed(study, result)
-    elif result.status == "not_analysable":
+    elif result.status == JobOutcome.NOT_ANALYSABLE:
         _check_not_analysable(result)
     else:
         raise ResultsError(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,6 +27,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+
+from scanet_node.errors import ScanetError
+
+if TYPE_CHECKING:
+    from scanet_node.config import Destination
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +99,33 @@ class SendOutcome:
     statuses: dict[str, int] = field(default_factory=dict)
 
 
+class TlsSetupError(ScanetError):
+    """A destination's TLS files cannot be loaded: no send can succeed until they are fixed."""
+
+
+class StoreFailure(NamedTuple):
+    """What a C-STORE failure status means: the short word, and whether a retry can help."""
+
+    status: str
+    permanent: bool
+
+
+class _Stored(NamedTuple):
+    """What the association stored: how many, and every C-STORE response's status by SOP
+    Instance UID."""
+
+    sent: int
+    statuses: dict[str, int]
+
+
+class _Summary(NamedTuple):
+    """A send with failures, in one word and one sentence."""
+
+    permanent: bool
+    status: str
+    detail: str
+
+
 @dataclass
 class _Failure:
     """One reason the send is not a full success."""
@@ -103,8 +135,8 @@ class _Failure:
     permanent: bool
 
 
-def classify_store_status(code: int) -> tuple[str, bool] | None:
-    """``None`` when ``code`` means the instance is stored, else ``(status, permanent)``.
+def classify_store_status(code: int) -> StoreFailure | None:
+    """``None`` when ``code`` means the instance is stored, else what the failure means.
 
     Success, the storage warnings (0xB000, 0xB006, 0xB007, any 0xBxxx) and 0x0111 are stored;
     0xA7xx (out of resources) is transient; 0x0122 (SOP class not supported), 0x0124 (not
@@ -114,12 +146,12 @@ def classify_store_status(code: int) -> tuple[str, bool] | None:
     if code in _STORED or 0xB000 <= code <= 0xBFFF:
         return None
     if 0xA700 <= code <= 0xA7FF:
-        return "refused", False
+        return StoreFailure("refused", False)
     if code in (0x0122, 0x0124):
-        return "refused", True
+        return StoreFailure("refused", True)
     if code in _PERMANENT_CODES or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF:
-        return "failed", True
-    return "failed", False
+        return StoreFailure("failed", True)
+    return StoreFailure("failed", False)
 
 
 def _convertible(ts: UID) -> bool:
@@ -267,8 +299,8 @@ def _fit_to_contexts(ds: Dataset, accepted: dict[str, list[UID]], where: str) ->
     return plain
 
 
-def _summarise(failures: list[_Failure], sent: int, total: int) -> tuple[bool, str, str]:
-    """``(permanent, status, detail)`` of a send with at least one failure.
+def _summarise(failures: list[_Failure], sent: int, total: int) -> _Summary:
+    """The outcome of a send with at least one failure.
 
     Permanent only when every failure is: a retry then cannot help. Otherwise the first
     transient failure names the outcome, since it is what a retry is for.
@@ -280,7 +312,7 @@ def _summarise(failures: list[_Failure], sent: int, total: int) -> tuple[bool, s
     others = len(failures) - 1
     if others:
         detail += f" (and {others} more failure{'s' if others > 1 else ''})"
-    return permanent, lead.status, f"{detail}; {sent} of {total} instances stored"
+    return _Summary(permanent, lead.status, f"{detail}; {sent} of {total} instances stored")
 
 
 def send(
@@ -332,14 +364,16 @@ def send(
             failures.append(_Failure("invalid", f"{what} cannot be sent: {exc}", True))
 
     tls = (ssl_context, server_hostname or peer.host) if ssl_context is not None else None
-    outcome = _associate_and_store(loaded, peer, where, calling_aet, timeout, tls, failures)
-    sent, statuses = outcome
+    stored = _associate_and_store(loaded, peer, where, calling_aet, timeout, tls, failures)
+    sent = stored.sent
     if failures:
-        permanent, status, detail = _summarise(failures, sent, total)
-        result = SendOutcome(False, permanent, status, detail, sent, statuses)
+        summary = _summarise(failures, sent, total)
+        result = SendOutcome(
+            False, summary.permanent, summary.status, summary.detail, sent, stored.statuses
+        )
     else:
         result = SendOutcome(
-            True, False, "success", f"{sent} instance(s) stored on {where}", sent, statuses
+            True, False, "success", f"{sent} instance(s) stored on {where}", sent, stored.statuses
         )
     log = logger.info if result.ok else logger.warning
     log(
@@ -365,11 +399,28 @@ def _associate_and_store(
     timeout: float,
     tls: tuple[ssl.SSLContext, str] | None,
     failures: list[_Failure],
-) -> tuple[int, dict[str, int]]:
-    """The association itself; appends to ``failures``, returns ``(sent, statuses)``."""
-    statuses: dict[str, int] = {}
+) -> _Stored:
+    """The association itself; appends to ``failures``, returns what was stored."""
     if not datasets:
-        return 0, statuses
+        return _Stored(0, {})
+    ae = _application_entity(datasets, calling_aet, timeout, failures)
+    if ae is None:
+        return _Stored(0, {})
+    assoc = _associate(ae, peer, where, timeout, tls, failures)
+    if assoc is None:
+        return _Stored(0, {})
+    try:
+        return _store_all(assoc, datasets, where, timeout, failures)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _application_entity(
+    datasets: list[Dataset], calling_aet: str, timeout: float, failures: list[_Failure]
+) -> AE | None:
+    """Our AE, proposing the contexts ``datasets`` need, with ``timeout`` on every wait; None
+    (and a failure) when they cannot be proposed."""
     contexts = _requested_contexts(datasets)
     if len(contexts) > MAX_CONTEXTS:
         failures.append(
@@ -379,19 +430,31 @@ def _associate_and_store(
                 True,
             )
         )
-        return 0, statuses
+        return None
     try:
         ae = AE(ae_title=calling_aet)
         for sop_class, syntaxes in contexts:
             ae.add_requested_context(sop_class, syntaxes)
     except (ValueError, TypeError) as exc:
         failures.append(_Failure("invalid", f"cannot set up the association: {exc}", True))
-        return 0, statuses
+        return None
     ae.connection_timeout = timeout
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
+    return ae
 
+
+def _associate(
+    ae: AE,
+    peer: PeerLike,
+    where: str,
+    timeout: float,
+    tls: tuple[ssl.SSLContext, str] | None,
+    failures: list[_Failure],
+) -> Association | None:
+    """The established association with ``peer``; None (and the failure that says why: not
+    reachable, timed out, rejected, aborted) when it did not come up."""
     connected: list[bool] = []
     capture = _ConnectErrors()
     transport_log = logging.getLogger("pynetdicom.transport")
@@ -407,72 +470,78 @@ def _associate_and_store(
         )
     except OSError as exc:  # name resolution happens before any thread starts
         failures.append(_Failure("unreachable", f"{where} could not be reached: {exc}", False))
-        return 0, statuses
+        return None
     except (ValueError, TypeError) as exc:
         failures.append(_Failure("invalid", f"cannot request an association: {exc}", True))
-        return 0, statuses
+        return None
     finally:
         transport_log.removeHandler(capture)
     elapsed = time.monotonic() - started
-
     if not assoc.is_established:
         error = capture.errors.get(assoc.dul.ident)
         failures.append(_not_established(assoc, where, error, bool(connected), elapsed, timeout))
-        return 0, statuses
+        return None
+    return assoc
 
+
+def _store_all(
+    assoc: Association,
+    datasets: list[Dataset],
+    where: str,
+    timeout: float,
+    failures: list[_Failure],
+) -> _Stored:
+    """C-STORE each dataset the accepted contexts can carry; the first C-STORE left
+    unanswered (timeout or abort) ends the sending."""
     sent = 0
+    statuses: dict[str, int] = {}
     accepted = _accepted_syntaxes(assoc)
-    try:
-        for ds in datasets:
-            try:
-                ready = _fit_to_contexts(ds, accepted, where)
-            except ValueError as exc:
-                failures.append(_Failure("unsupported", str(exc), True))
-                continue
-            if not assoc.is_established:
-                failures.append(_Failure("aborted", f"{where} ended the association", False))
-                break
-            started = time.monotonic()
-            try:
-                response = assoc.send_c_store(ready)
-            except (ValueError, AttributeError, RuntimeError) as exc:
-                failures.append(_Failure("invalid", f"cannot send an instance: {exc}", True))
-                continue
-            if "Status" not in response:
-                waited = time.monotonic() - started
-                if waited >= timeout * 0.95:
-                    failures.append(
-                        _Failure(
-                            "timeout", f"{where} did not answer a C-STORE in {timeout:g} s", False
-                        )
-                    )
-                else:
-                    failures.append(
-                        _Failure(
-                            "aborted", f"{where} aborted the association during a C-STORE", False
-                        )
-                    )
-                break
-            code = int(response.Status)
-            statuses[str(ds.SOPInstanceUID)] = code
-            verdict = classify_store_status(code)
-            if verdict is None:
-                sent += 1
-                continue
-            word, permanent = verdict
-            comment = str(response.get("ErrorComment", "") or "").strip()
-            failures.append(
-                _Failure(
-                    word,
-                    f"{where} answered C-STORE of a {_sop_name(str(ds.SOPClassUID))} "
-                    f"with 0x{code:04X}" + (f" ({comment})" if comment else ""),
-                    permanent,
-                )
-            )
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return sent, statuses
+    for ds in datasets:
+        try:
+            ready = _fit_to_contexts(ds, accepted, where)
+        except ValueError as exc:
+            failures.append(_Failure("unsupported", str(exc), True))
+            continue
+        if not assoc.is_established:
+            failures.append(_Failure("aborted", f"{where} ended the association", False))
+            break
+        started = time.monotonic()
+        try:
+            response = assoc.send_c_store(ready)
+        except (ValueError, AttributeError, RuntimeError) as exc:
+            failures.append(_Failure("invalid", f"cannot send an instance: {exc}", True))
+            continue
+        if "Status" not in response:
+            failures.append(_unanswered(where, time.monotonic() - started, timeout))
+            break
+        code = int(response.Status)
+        statuses[str(ds.SOPInstanceUID)] = code
+        verdict = classify_store_status(code)
+        if verdict is None:
+            sent += 1
+        else:
+            failures.append(_store_failure(verdict, ds, code, response, where))
+    return _Stored(sent, statuses)
+
+
+def _unanswered(where: str, waited: float, timeout: float) -> _Failure:
+    """A C-STORE that got no response: it timed out, or the peer aborted."""
+    if waited >= timeout * 0.95:
+        return _Failure("timeout", f"{where} did not answer a C-STORE in {timeout:g} s", False)
+    return _Failure("aborted", f"{where} aborted the association during a C-STORE", False)
+
+
+def _store_failure(
+    verdict: StoreFailure, ds: Dataset, code: int, response: Dataset, where: str
+) -> _Failure:
+    """A C-STORE answered with a failure status, with the peer's error comment if any."""
+    comment = str(response.get("ErrorComment", "") or "").strip()
+    return _Failure(
+        verdict.status,
+        f"{where} answered C-STORE of a {_sop_name(str(ds.SOPClassUID))} "
+        f"with 0x{code:04X}" + (f" ({comment})" if comment else ""),
+        verdict.permanent,
+    )
 
 
 def client_ssl_context(
@@ -494,3 +563,33 @@ def client_ssl_context(
     if cert is not None and key is not None:
         context.load_cert_chain(str(cert), str(key))
     return context
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach one peer: its address, and the TLS it asks for (None: plain TCP)."""
+
+    peer: Peer
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str = ""
+
+
+def connection(peer: Peer, destinations: Sequence[Destination]) -> Connection:
+    """The connection to ``peer``, with the TLS of the configured destination of its name
+    (``[[destinations]] tls*``; none when no destination has that name).
+
+    Raises
+    ------
+    TlsSetupError
+        When that destination's TLS files cannot be loaded.
+    """
+    destination = next((d for d in destinations if d.name == peer.name), None)
+    if destination is None or not destination.tls:
+        return Connection(peer)
+    try:
+        context = client_ssl_context(destination.tls_ca, destination.tls_cert, destination.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(
+            f"cannot load the TLS files of destination {destination.name}: {exc}"
+        ) from exc
+    return Connection(peer, context, destination.tls_server_name)

@@ -16,8 +16,15 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from scanet_node.catalog.models import JobOutcome
+from scanet_node.config import RESULTS_SERIES_NUMBER
 from scanet_node.results import _common
-from scanet_node.results.types import AnalysisResult, OverlaySlice, ResultsError, StudyRefs
+from scanet_node.results.types import (
+    AnalysisResult,
+    OverlaySlice,
+    ResultsError,
+    StudyRefs,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,7 +64,7 @@ def composite(
 
 
 def build_overlays(
-    study: StudyRefs, result: AnalysisResult, *, series_number: int = 9901
+    study: StudyRefs, result: AnalysisResult, *, series_number: int = RESULTS_SERIES_NUMBER + 1
 ) -> list[Dataset]:
     """One Secondary Capture per ``result.overlays`` item: the attention on its NCCT slice.
 
@@ -109,7 +116,7 @@ def build_overlays(
 
 
 def build_summary(
-    study: StudyRefs, result: AnalysisResult, *, series_number: int = 9902
+    study: StudyRefs, result: AnalysisResult, *, series_number: int = RESULTS_SERIES_NUMBER + 2
 ) -> Dataset:
     """One Secondary Capture that summarises the result (960 x 640).
 
@@ -125,7 +132,7 @@ def build_summary(
     """
     _common.validate(study, result)
     rgb = _render_summary(result)
-    if result.status == "analysed":
+    if result.status == JobOutcome.ANALYSED:
         comments = [_probability_line(result)]
     else:
         comments = [f"NOT ANALYSABLE ({result.reason}): {result.detail}"]
@@ -288,7 +295,7 @@ def _render_summary(result: AnalysisResult) -> npt.NDArray[np.uint8]:
         fontweight="bold",
         va="top",
     )
-    if result.status == "analysed":
+    if result.status == JobOutcome.ANALYSED:
         assert result.probability is not None
         fig.text(0.03, 0.80, "P(mTICI \u2265 2c)", color="white", fontsize=16, va="top")
         fig.text(

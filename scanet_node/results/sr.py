@@ -10,13 +10,20 @@ Evaluations" container for the free-text statements, in a Comprehensive 3D SR in
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from scanet_node.catalog.models import JobOutcome
+from scanet_node.config import RESULTS_SERIES_NUMBER
 from scanet_node.results import _common, codes
-from scanet_node.results.types import AnalysisResult, ResultsError, StudyRefs
+from scanet_node.results.types import (
+    AlgorithmInfo,
+    AnalysisResult,
+    ResultsError,
+    StudyRefs,
+)
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -30,11 +37,19 @@ ATTENTION_TRACKING_IDENTIFIER = "SCANet highest attention"
 DEVICE_OBSERVER_UID = _common.uid("scanet-node", "device-observer")
 
 
+class _Findings(NamedTuple):
+    """What the report states: measurements, coded evaluations, and the free-text statements."""
+
+    measurements: list[hd.sr.Measurement]
+    evaluations: list[hd.sr.QualitativeEvaluation]
+    texts: list[tuple[Code, str]]
+
+
 def build_sr(
     study: StudyRefs,
     result: AnalysisResult,
     *,
-    series_number: int = 9900,
+    series_number: int = RESULTS_SERIES_NUMBER,
     instance_number: int = 1,
 ) -> Dataset:
     """Build the SR of one analysis, filed in ``study.target``'s study.
@@ -59,12 +74,29 @@ def build_sr(
     ResultsError
         When an input cannot make a valid report; the message names it.
     """
+    _common.validate(study, result)
+    algorithm_id = _algorithm_identification(result.algorithm)
+    sources = _common.unique([*study.ncct, *study.cta])
+    findings = _findings(result, algorithm_id)
+    groups: list[Any] = [_prediction_group(study.uid_seed, findings, algorithm_id, sources)]
+    if result.attention_point is not None:
+        groups.append(_attention_group(study, result, study.uid_seed, algorithm_id))
+    content = _report_content(result, groups, findings.texts)
+    sr = _comprehensive_sr(study, result, content, sources, series_number, instance_number)
+    logger.debug(
+        "built SR %s (%s)",
+        sr.SOPInstanceUID,
+        result.status,
+        extra={"study_uid": sr.StudyInstanceUID},
+    )
+    return sr
+
+
+def _algorithm_identification(algo: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    """TID 4019: the model, its version and the weights, threshold and input it ran with."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
 
-    _common.validate(study, result)
-    seed = study.uid_seed
-    algo = result.algorithm
     parameters = [
         f"checkpoint-sha256={algo.checkpoint_sha256}",
         f"threshold={algo.threshold:g}",
@@ -72,95 +104,153 @@ def build_sr(
     ]
     if algo.synthetic:
         parameters.append("training-data=synthetic")
-    algorithm_id = hd.sr.AlgorithmIdentification(
+    return hd.sr.AlgorithmIdentification(
         name=algo.name,
         version=algo.version,
         parameters=parameters,
         family=dcm.DCM.ArtificialIntelligence,
         manufacturer=_common.MANUFACTURER,
     )
-    observer = hd.sr.ObserverContext(
-        observer_type=dcm.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_OBSERVER_UID,
-            name=_common.MODEL_NAME,
-            manufacturer_name=_common.MANUFACTURER,
-            model_name=algo.name,
-        ),
-    )
-    measurements: list[hd.sr.Measurement] = []
-    evaluations: list[hd.sr.QualitativeEvaluation] = []
+
+
+def _findings(result: AnalysisResult, algorithm_id: hd.sr.AlgorithmIdentification) -> _Findings:
+    """The prediction (probability, threshold, class, QC passed), or "not analysable" with
+    its coded reason; the research use statement either way."""
     texts = [(codes.RESEARCH_USE_STATEMENT, _common.research_statement(result))]
-    if result.status == "analysed":
-        assert result.probability is not None  # checked by validate()
-        measurements = [
-            hd.sr.Measurement(
-                name=dcm.DCM.Probability,
-                value=_common.percent(result.probability),
-                unit=dcm.UCUM.Percent,
-                algorithm_id=algorithm_id,
-            ),
-            hd.sr.Measurement(
-                name=dcm.DCM.ThresholdValue,
-                value=_common.percent(algo.threshold),
-                unit=dcm.UCUM.Percent,
-            ),
-        ]
-        evaluations = [
-            hd.sr.QualitativeEvaluation(
-                name=codes.PREDICTED_MTICI_2C_OR_BETTER,
-                value=dcm.SCT.Yes if result.positive else dcm.SCT.No,
-            ),
-            hd.sr.QualitativeEvaluation(name=codes.IMAGE_QUALITY_CONTROL, value=codes.QC_PASSED),
-        ]
-    else:
-        assert result.reason is not None and result.detail is not None  # checked by validate()
-        reason = codes.REASONS.get(result.reason)
-        if reason is None:
-            logger.warning(
-                "no private code for reason %s; reporting it as %r",
-                result.reason,
-                codes.REASON_OTHER.meaning,
-            )
-            reason = codes.REASON_OTHER
-        evaluations = [
-            hd.sr.QualitativeEvaluation(
-                name=codes.IMAGE_QUALITY_CONTROL, value=codes.NOT_ANALYSABLE
-            ),
-            hd.sr.QualitativeEvaluation(name=codes.REASON_NOT_ANALYSABLE, value=reason),
-        ]
-        texts.insert(
-            0,
-            (codes.NOT_ANALYSABLE_DETAIL, f"not analysable ({result.reason}): {result.detail}"),
+    if result.status == JobOutcome.ANALYSED:
+        return _Findings(
+            _prediction_measurements(result, algorithm_id), _prediction_evaluations(result), texts
         )
-    sources = _common.unique([*study.ncct, *study.cta])
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    assert result.reason is not None and result.detail is not None  # checked by validate()
+    texts.insert(
+        0,
+        (codes.NOT_ANALYSABLE_DETAIL, f"not analysable ({result.reason}): {result.detail}"),
+    )
+    return _Findings([], _refusal_evaluations(result.reason), texts)
+
+
+def _prediction_measurements(
+    result: AnalysisResult, algorithm_id: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    """TID 300: the probability of mTICI >= 2c and the model's threshold, in percent."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dcm
+
+    assert result.probability is not None  # checked by validate()
+    return [
+        hd.sr.Measurement(
+            name=dcm.DCM.Probability,
+            value=_common.percent(result.probability),
+            unit=dcm.UCUM.Percent,
+            algorithm_id=algorithm_id,
+        ),
+        hd.sr.Measurement(
+            name=dcm.DCM.ThresholdValue,
+            value=_common.percent(result.algorithm.threshold),
+            unit=dcm.UCUM.Percent,
+        ),
+    ]
+
+
+def _prediction_evaluations(result: AnalysisResult) -> list[hd.sr.QualitativeEvaluation]:
+    """The class at the threshold, and image quality control passed."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dcm
+
+    return [
+        hd.sr.QualitativeEvaluation(
+            name=codes.PREDICTED_MTICI_2C_OR_BETTER,
+            value=dcm.SCT.Yes if result.positive else dcm.SCT.No,
+        ),
+        hd.sr.QualitativeEvaluation(name=codes.IMAGE_QUALITY_CONTROL, value=codes.QC_PASSED),
+    ]
+
+
+def _refusal_evaluations(reason_code: str) -> list[hd.sr.QualitativeEvaluation]:
+    """Image quality control "not analysable", and the reason's private code (or "other")."""
+    import highdicom as hd
+
+    reason = codes.REASONS.get(reason_code)
+    if reason is None:
+        logger.warning(
+            "no private code for reason %s; reporting it as %r",
+            reason_code,
+            codes.REASON_OTHER.meaning,
+        )
+        reason = codes.REASON_OTHER
+    return [
+        hd.sr.QualitativeEvaluation(name=codes.IMAGE_QUALITY_CONTROL, value=codes.NOT_ANALYSABLE),
+        hd.sr.QualitativeEvaluation(name=codes.REASON_NOT_ANALYSABLE, value=reason),
+    ]
+
+
+def _prediction_group(
+    seed: str,
+    findings: _Findings,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    sources: list[Dataset],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501: the prediction's measurements and evaluations, with the images it used."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dcm
+
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=_common.uid(seed, "sr", "tracking"), identifier=TRACKING_IDENTIFIER
         ),
         finding_type=codes.RECANALIZATION_PREDICTION,
         algorithm_id=algorithm_id,
         finding_sites=[hd.sr.FindingSite(anatomic_location=dcm.SCT.Brain)],
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations,
+        measurements=findings.measurements or None,
+        qualitative_evaluations=findings.evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources]
         or None,
     )
-    groups: list[Any] = [group]
-    if result.attention_point is not None:
-        groups.append(_attention_group(study, result, seed, algorithm_id))
+
+
+def _report_content(
+    result: AnalysisResult, groups: list[Any], texts: list[tuple[Code, str]]
+) -> Dataset:
+    """The TID 1500 root container: observer (the device), procedure, the groups, the texts."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dcm
+
+    observer = hd.sr.ObserverContext(
+        observer_type=dcm.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=DEVICE_OBSERVER_UID,
+            name=_common.MODEL_NAME,
+            manufacturer_name=_common.MANUFACTURER,
+            model_name=result.algorithm.name,
+        ),
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=dcm.LN.HeadCT,
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(_text_evaluations(texts))
-    target = _common.header(study.target)
-    coding_schemes = [_coding_scheme()]
+    content: Dataset = report[0]
+    return content
+
+
+def _comprehensive_sr(
+    study: StudyRefs,
+    result: AnalysisResult,
+    content: Dataset,
+    sources: list[Dataset],
+    series_number: int,
+    instance_number: int,
+) -> Dataset:
+    """The Comprehensive 3D SR instance around ``content``, filed in the target's study."""
+    import highdicom as hd
+
+    seed = study.uid_seed
+    evidence = [_common.header(study.target), *sources]
     try:
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[target, *sources],
-            content=report[0],
+        return hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=content,
             series_instance_uid=_common.uid(seed, "sr", "series"),
             series_number=series_number,
             sop_instance_uid=_common.uid(seed, "sr", "instance"),
@@ -173,17 +263,10 @@ def build_sr(
             is_final=False,
             is_verified=False,
             previous_versions=[study.predecessor] if study.predecessor is not None else None,
-            coding_schemes=coding_schemes,
+            coding_schemes=[_coding_scheme()],
         )
     except (ValueError, TypeError) as exc:
         raise ResultsError(f"the SR cannot be built: {exc}") from exc
-    logger.debug(
-        "built SR %s (%s)",
-        sr.SOPInstanceUID,
-        result.status,
-        extra={"study_uid": sr.StudyInstanceUID},
-    )
-    return sr
 
 
 def _attention_group(

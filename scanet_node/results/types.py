@@ -1,18 +1,20 @@
 """What the result builders take: plain data, filled in by the worker (pipeline/analysis.py).
 
-``results.build(study, result) -> list[Dataset]``: ``study`` says where the results are filed
-and which instances they derive from; ``result`` says what the analysis found.
+``results.build(study, result) -> ResultObjects`` (the SR, the summary, the overlays):
+``study`` says where the results are filed and which instances they derive from; ``result``
+says what the analysis found.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from scanet_node.catalog.models import JobOutcome
 from scanet_node.errors import ScanetError
 
 
@@ -70,7 +72,7 @@ class StudyRefs:
 class AnalysisResult:
     """What the analysis found: a prediction, or why there is none."""
 
-    status: Literal["analysed", "not_analysable"]
+    status: JobOutcome
     algorithm: AlgorithmInfo
     probability: float | None = None  # P(mTICI >= 2c), 0..1
     positive: bool | None = None  # probability >= algorithm.threshold
