@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,24 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_config import make_settings
+from peers import free_port, missing_tool
 
-from scanet_node.config import Settings, load_settings
 from scanet_node.service import Node
 
 NodeFactory = Callable[..., Node]
-
-
-def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
-    """Settings for a test node: port 0 on 127.0.0.1, data in ``data_dir``, no low-disk guard,
-    no worker process (tests that analyse ask for one), no admin web page."""
-    overrides: dict[str, dict[str, Any]] = {
-        "node": {"host": "127.0.0.1", "port": 0, "data_dir": str(data_dir), "min_free_disk_mb": 0},
-        "pipeline": {"series_settle_seconds": 30, "workers": 0},
-        "admin": {"enabled": False},
-    }
-    for name, values in sections.items():
-        overrides.setdefault(name, {}).update(values)
-    return load_settings(None, environ={}, overrides=overrides)
 
 
 @pytest.fixture
@@ -117,39 +104,19 @@ def wait_for(
     raise AssertionError(f"timed out waiting for {what}{tail}")
 
 
-def dcmtk(tool: str) -> str:
-    """The path of a DCMTK tool (pynetdicom installs Python look-alikes on PATH)."""
-    for folder in ("/usr/bin", "/usr/local/bin"):
-        path = Path(folder) / tool
-        if path.exists():
-            out = subprocess.run(
-                [str(path), "--version"], capture_output=True, text=True, check=False
-            )
-            if "dcmtk" in (out.stdout + out.stderr).lower():
-                return str(path)
-    found = shutil.which(tool)
-    raise RuntimeError(f"DCMTK's {tool} is not installed (found {found}); apt-get install dcmtk")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian package postgresql); its base URL."""
     bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bindirs:
-        pytest.fail("PostgreSQL server not installed: apt-get install postgresql (tests/run does)")
+        missing_tool("PostgreSQL's initdb is not installed: apt-get install postgresql")
     bindir = Path(bindirs[-1])
     data = Path(tempfile.mkdtemp(prefix="scanet-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
         shutil.chown(data, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "scanet"],
         check=True,

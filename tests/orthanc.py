@@ -2,8 +2,8 @@
 
 ``run_orthanc(tmp_path)`` starts one on free ports with its storage, index and log in
 ``tmp_path`` and stops it afterwards. ``stop()`` and ``start()`` take it down and bring it
-back on the same ports, for "destination down, then up again" tests. Tests that need it skip
-when Orthanc is not installed.
+back on the same ports, for "destination down, then up again" tests. Where Orthanc is not
+installed, the test that asks for it skips, or fails in CI (peers.require_tool).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,19 +19,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
+from peers import free_port, require_tool
 
 ORTHANC = Path("/usr/sbin/Orthanc")
-
-requires_orthanc = pytest.mark.skipif(
-    not ORTHANC.exists(), reason="Orthanc is not installed (apt-get install orthanc)"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OrthancServer:
@@ -53,8 +42,8 @@ class OrthancServer:
         self.folder = folder
         self.ae_title = ae_title
         self.host = "127.0.0.1"
-        self.dicom_port = _free_port()
-        self.http_port = _free_port()
+        self.dicom_port = free_port()
+        self.http_port = free_port()
         self.http_url = f"http://{self.host}:{self.http_port}"
         self.log_path = folder / "orthanc.log"
         self.config_path = folder / "orthanc.json"
@@ -167,8 +156,7 @@ def run_orthanc(
     tmp_path: Path, ae_title: str = "ORTHANC", extra_config: Mapping[str, Any] | None = None
 ) -> Iterator[OrthancServer]:
     """A running Orthanc with its files in ``tmp_path / "orthanc"``; stopped on exit."""
-    if not ORTHANC.exists():
-        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    require_tool("Orthanc", "apt-get install orthanc", ORTHANC)
     server = OrthancServer(tmp_path / "orthanc", ae_title, extra_config)
     server.start()
     try:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NodeFactory, make_settings, wait_for
+from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series, iter_spool
+from node_config import make_settings
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid

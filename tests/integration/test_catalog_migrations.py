@@ -8,6 +8,7 @@ several processes opening one fresh catalog at once all succeed, one of them mig
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import wait_for
+from node_config import node_config
 from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 
@@ -467,9 +470,7 @@ def test_tables_that_match_no_schema_are_refused_and_left_untouched(catalog_url:
 
 
 def write_config(folder: Path, url: str) -> Path:
-    config = folder / "config.toml"
-    config.write_text(f'[node]\ndata_dir = "{folder / "data"}"\n[catalog]\nurl = "{url}"\n')
-    return config
+    return node_config(folder / "config.toml", data_dir=folder / "data", catalog={"url": url})
 
 
 def db(config: Path, action: str) -> subprocess.CompletedProcess[str]:
@@ -540,9 +541,13 @@ def upgrade_together(
         )
         for flag in ready
     ]
-    deadline = time.monotonic() + 60
-    while not all(f.exists() for f in ready) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(
+        "every process to be ready",
+        lambda: all(f.exists() for f in ready),
+        60,
+        lambda: "".join(p.communicate()[1] for p in procs if p.poll() is not None),
+        stop_if=lambda: any(p.poll() is not None for p in procs),
+    )
     go.touch()
     done = []
     for p in procs:
@@ -568,6 +573,22 @@ def test_processes_opening_one_fresh_catalog_at_once_all_succeed(
     engine.dispose()
 
 
+def waits_for_the_lock(engine: sa.Engine, pid: int) -> bool:
+    """Whether process ``pid`` waits for the schema lock: on PostgreSQL, its advisory lock is
+    not granted yet; on SQLite, it has the catalog file open (it takes the write lock next)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar_one()
+        return bool(waiting)
+    database = Path(str(engine.url.database)).resolve()
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        return any(fd.resolve() == database for fd in fds.iterdir())
+    return False
+
+
 def test_an_upgrade_waits_for_the_schema_lock(catalog_url: str, tmp_path: Path) -> None:
     """The lock every opener takes (PostgreSQL: the advisory lock; SQLite: the write lock of
     BEGIN IMMEDIATE): held here, an upgrading process waits for it instead of failing."""
@@ -582,7 +603,15 @@ def test_an_upgrade_waits_for_the_schema_lock(catalog_url: str, tmp_path: Path) 
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(4)  # time enough to start, read the catalog and reach the lock
+        wait_for(
+            "the upgrade to reach the lock",
+            lambda: waits_for_the_lock(engine, proc.pid),
+            60,
+            lambda: proc.communicate()[1] if proc.poll() is not None else "",
+            stop_if=lambda: proc.poll() is not None,
+        )
+        # Waited out on purpose: a "database is locked" answer would come at once.
+        time.sleep(1)
         assert proc.poll() is None, proc.communicate()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from dicom_samples import ct_dataset, write_files
+from peers import free_port
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
@@ -223,9 +224,7 @@ def test_busy_peer_is_rejected_transiently(scp_factory: Callable[..., Scp]) -> N
 
 
 def test_nobody_listening_is_unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     outcome = do_send([ct_dataset()], Peer("PACS", "127.0.0.1", port, name="ARCHIVE"))
     assert not outcome.ok and not outcome.permanent and outcome.status == "unreachable"
     assert f"ARCHIVE at 127.0.0.1:{port} refused the connection" in outcome.detail

@@ -11,6 +11,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from model_samples import untrained_checkpoint
+from node_config import node_config
 
 SIZE = 64
 
@@ -19,9 +20,8 @@ def test_demo_prints_the_probability_the_overlay_and_the_stage_times(tmp_path: P
     checkpoint = untrained_checkpoint(
         tmp_path / "untrained-64.pt", SIZE, "for the demo command's test"
     )
-    config = tmp_path / "config.toml"
-    config.write_text(f'[model]\ncheckpoint = "{checkpoint}"\ndevice = "cpu"\nthreads = 1\n')
     data = tmp_path / "demo"
+    config = node_config(tmp_path / "config.toml", data_dir=data, checkpoint=checkpoint)
     argv = [sys.executable, "-m", "scanet_node", "--config", str(config), "demo"]
     done = subprocess.run(
         [*argv, "--small", "--data-dir", str(data)],

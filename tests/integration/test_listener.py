@@ -254,9 +254,7 @@ def test_associations_beyond_the_limit_are_rejected(node_factory: NodeFactory) -
             assert third.is_rejected
             assert third.acceptor.primitive.result == 0x02  # rejected transient
             assert third.acceptor.primitive.diagnostic == 0x02  # local limit exceeded
-    deadline = time.monotonic() + 5
-    while node.listener.active_associations() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the three associations to end", lambda: node.listener.active_associations() == 0, 5)
     with association(node) as again:
         assert again.is_established
 
@@ -273,15 +271,17 @@ def test_abort_mid_series_keeps_everything_acknowledged(
                 acknowledged.append(ds.SOPInstanceUID)
         assoc.abort()
     assert len(acknowledged) == 12
-    time.sleep(0.2)
+    wait_for(
+        "the abort to be logged",
+        lambda: any(
+            "association from TESTSCU" in r.getMessage() and "aborted" in r.getMessage()
+            for r in caplog.records
+        ),
+    )
     study = node.catalog.get_study(series[0].StudyInstanceUID)
     assert study is not None and study.num_instances == 12
     assert {p.stem for p in spool_files(node)} == set(acknowledged)
     assert tmp_files(node) == []
-    assert any(
-        "association from TESTSCU" in r.getMessage() and "aborted" in r.getMessage()
-        for r in caplog.records
-    )
 
 
 def test_hundreds_of_instances_from_parallel_associations(node_factory: NodeFactory) -> None:
@@ -316,15 +316,14 @@ def test_series_settles_when_quiet(node_factory: NodeFactory) -> None:
     with association(node) as assoc:
         for ds in series:
             assert assoc.send_c_store(ds).Status == 0x0000
-    deadline = time.monotonic() + 10
-    state = "receiving"
-    while state != "settled" and time.monotonic() < deadline:
-        time.sleep(0.1)
-        study = node.catalog.get_study(series[0].StudyInstanceUID)
-        assert study is not None
-        state = study.series[0].state
-    assert state == "settled"
-    assert study.series[0].settled_at is not None
+    uid = series[0].SeriesInstanceUID
+    wait_for(
+        "the series to settle",
+        lambda: _states(node, series[0].StudyInstanceUID) == {uid: "settled"},
+        10,
+    )
+    study = node.catalog.get_study(series[0].StudyInstanceUID)
+    assert study is not None and study.series[0].settled_at is not None
 
 
 def _states(node: Node, study_uid: str) -> dict[str, str]:
@@ -345,7 +344,8 @@ def test_a_series_settles_soon_after_its_sender_releases_the_association(
     with association(node) as assoc:
         for ds in series:
             assert assoc.send_c_store(ds).Status == 0x0000
-        time.sleep(1.5)  # three graces with the association open: it still receives
+        # Three graces with the association open, waited out on purpose: it still receives.
+        time.sleep(1.5)
         assert _states(node, series[0].StudyInstanceUID) == {uid: "receiving"}
     wait_for(
         "the series to settle after the release",
@@ -366,6 +366,7 @@ def test_a_series_another_association_still_delivers_does_not_settle_on_release(
             assert first.send_c_store(series[0]).Status == 0x0000
             assert second.send_c_store(series[1]).Status == 0x0000
         # The first association is released; the second is still delivering the series.
+        # Three graces, waited out on purpose: the series still receives.
         time.sleep(1.5)
         assert _states(node, study_uid) == {uid: "receiving"}
         assert second.send_c_store(series[2]).Status == 0x0000
@@ -400,7 +401,8 @@ def test_a_series_settles_when_its_sender_moves_on_to_the_next_one(
                 == {ncct[0].SeriesInstanceUID: "settled", cta[0].SeriesInstanceUID: "receiving"}
             ),
         )
-        time.sleep(1.0)  # two graces: the series being sent stays open
+        # Two graces, waited out on purpose: the series being sent stays open.
+        time.sleep(1.0)
         assert _states(node, study_uid)[cta[0].SeriesInstanceUID] == "receiving"
         assert assoc.send_c_store(cta[1]).Status == 0x0000
     wait_for(
@@ -418,7 +420,8 @@ def test_an_aborted_association_leaves_its_series_to_the_quiet_time(
     with association(node) as assoc:
         assert assoc.send_c_store(series[0]).Status == 0x0000
         assoc.abort()
-    time.sleep(1.0)  # five graces: an abort is not a release
+    # Five graces, waited out on purpose: an abort is not a release.
+    time.sleep(1.0)
     assert _states(node, study_uid) == {uid: "receiving"}
     wait_for("the quiet time to settle it", lambda: _states(node, study_uid) == {uid: "settled"})
 
@@ -443,8 +446,19 @@ def test_logs_have_one_line_per_association_and_no_patient_identity(
             assoc.send_c_store(ds)
     with association(node, called="NOTUS"):
         pass
-    time.sleep(0.3)
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("scanet_node")]
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("scanet_node")]
+
+    wait_for(
+        "both associations to be logged",
+        lambda: (
+            any(line.startswith("association from CT01") for line in logged())
+            and any("rejected: called AE title 'NOTUS'" in line for line in logged())
+        ),
+        5,
+    )
+    lines = logged()
     assoc_lines = [line for line in lines if line.startswith("association from CT01")]
     assert len(assoc_lines) == 1
     assert "released" in assoc_lines[0] and "2 stored, 1 failed" in assoc_lines[0]
@@ -471,11 +485,9 @@ def test_node_on_postgresql(node_factory: NodeFactory, postgres_url: str) -> Non
     for t in threads:
         t.join(timeout=120)
     assert node.catalog.count_instances() == 60
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        states = {s.state for st in node.catalog.list_studies() for s in st.series}
-        if states == {"settled"}:
-            break
-        time.sleep(0.1)
-    assert states == {"settled"}
+    wait_for(
+        "every series to settle",
+        lambda: {s.state for st in node.catalog.list_studies() for s in st.series} == {"settled"},
+        10,
+    )
     assert all(st.num_instances == 30 for st in node.catalog.list_studies())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import dcmtk
+from peers import dcmtk, require_tool
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm
 from pydicom.uid import (
@@ -178,15 +177,9 @@ def evidence_uids(ds: Dataset, keyword: str) -> set[str]:
     }
 
 
-def dciodvfy() -> str:
-    path = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    if not Path(path).exists():
-        pytest.skip("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
-    return path
-
-
 def assert_valid_iod(path: Path) -> None:
-    out = subprocess.run([dciodvfy(), str(path)], capture_output=True, text=True, check=False)
+    dciodvfy = require_tool("dciodvfy", "apt-get install dicom3tools")
+    out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
     lines = (out.stdout + out.stderr).splitlines()
     errors = [line for line in lines if line.startswith("Error")]
     assert not errors, f"{path.name}: {errors}"

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_dataset, iter_spool
+from node_config import node_config
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scu import association
@@ -411,8 +412,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``scanet-node ARGS`` in a subprocess, with a config file naming ``data_dir``."""
-    config = data_dir.parent / "config.toml"
-    config.write_text(f'[node]\ndata_dir = "{data_dir}"\n\n[retention]\ndays = 30\n')
+    config = node_config(data_dir.parent / "config.toml", data_dir=data_dir, retention={"days": 30})
     done = subprocess.run(
         [sys.executable, "-m", "scanet_node", "--config", str(config), *args],
         capture_output=True,

@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -273,9 +273,7 @@ def _serve_with_a_worker(tmp_path: Path) -> tuple[ServeProcess, str]:
         tmp_path / "data",
         env={"SCANET__PIPELINE__WORKERS": "1", "SCANET_TEST_MARKER": marker},
     )
-    deadline = time.monotonic() + 60
-    while len(_processes_with(marker)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for("serve's three processes", lambda: len(_processes_with(marker)) >= 3, 60)
     assert len(_processes_with(marker)) == 3
     return server, marker
 
@@ -299,10 +297,8 @@ def test_a_worker_stops_when_serve_is_killed(tmp_path: Path) -> None:
     server, marker = _serve_with_a_worker(tmp_path)
     server.proc.kill()
     server.proc.communicate(timeout=30)
-    deadline = time.monotonic() + 20
-    while _processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = _processes_with(marker)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert left == []
+    try:
+        wait_for("no process of serve left", lambda: not _processes_with(marker), 20)
+    finally:
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)

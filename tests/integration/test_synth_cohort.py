@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dcmtk
+from peers import dcmtk
 from pydicom import dcmread
 
 from scanet_node.synth.cohort import plan_study, write_study

@@ -6,7 +6,6 @@ Small (128x128) studies of the real phantom, one per variant, written once per m
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import dcmtk
+from peers import dcmtk, require_tool
 from pydicom import config, dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -210,9 +209,7 @@ def test_dose_report_content(standard: StudyFiles) -> None:
 
 
 def test_dciodvfy_finds_no_errors(standard: StudyFiles) -> None:
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.fail("dicom3tools' dciodvfy is not installed (tests/run installs it)")
+    tool = require_tool("dciodvfy", "apt-get install dicom3tools")
     for series in standard.series:
         result = subprocess.run(
             [tool, str(series.files[0])], capture_output=True, text=True, check=False

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NodeFactory
+from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series
+from peers import require_tool
 from PIL import Image
 from pydicom.uid import generate_uid
 from scu import association
@@ -40,12 +40,8 @@ WIDTH, HEIGHT = 1280, 1000
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium (Debian packages chromium and chromium-driver)."""
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).is_file():
-            pytest.fail(
-                f"{path} is missing: apt-get install chromium chromium-driver "
-                "(bash tests/run installs them)"
-            )
+    require_tool("chromium", "apt-get install chromium", CHROMIUM)
+    require_tool("chromedriver", "apt-get install chromium-driver", CHROMEDRIVER)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -159,10 +155,7 @@ def test_browser_shows_the_pages_and_the_overlay(
         series[0].SeriesInstanceUID,
         tmp_path / "results" / "job-1",
     )
-    deadline = time.monotonic() + 20
-    while not node.listener.service.recent_associations():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for("the association to be listed", node.listener.service.recent_associations)
     assert node.admin is not None
 
     browser.get(f"{node.admin.url}?token={TOKEN}")
@@ -185,12 +178,13 @@ def test_browser_shows_the_pages_and_the_overlay(
     assert f"/jobs/{job_id}?token=" in browser.current_url
     img = browser.find_element(By.CSS_SELECTOR, "img")
     browser.execute_script("arguments[0].scrollIntoView()", img)
-    deadline = time.monotonic() + 10
-    while not browser.execute_script(
-        "return arguments[0].complete && arguments[0].naturalWidth", img
-    ):
-        assert time.monotonic() < deadline, "the overlay image did not load"
-        time.sleep(0.1)
+    wait_for(
+        "the overlay image to load",
+        lambda: browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img
+        ),
+        10,
+    )
     assert browser.execute_script("return arguments[0].naturalWidth", img) == 270
     assert browser.execute_script("return arguments[0].naturalHeight", img) == 160
     body = browser.find_element(By.TAG_NAME, "body").text

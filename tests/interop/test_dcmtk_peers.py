@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import NodeFactory, dcmtk
+from conftest import NodeFactory
 from dicom_samples import ct_dataset, ct_series, iter_spool, write_files
+from peers import DCMTK_ENV, dcmtk, storescu
 from pydicom import dcmread
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -26,9 +26,6 @@ from scanet_node.service import Node
 
 pytestmark = pytest.mark.dcmtk
 
-# DCMTK 3.6.7 stalls ~45 ms per message on loopback without it.
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
 
 def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -39,14 +36,6 @@ def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         env=DCMTK_ENV,
         check=False,
     )
-
-
-def storescu(node: Node, files: list[Path], *options: str, called: str = "SCANET") -> None:
-    host, port = node.listener.address
-    done = run(
-        "storescu", "-aet", "CT01", "-aec", called, *options, host, str(port), *map(str, files)
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def test_echoscu(node: Node) -> None:
@@ -60,7 +49,7 @@ def test_echoscu(node: Node) -> None:
 def test_storescu_series_with_realistic_size(node: Node, tmp_path: Path) -> None:
     series = ct_series(24, size=512)
     files = write_files(series, tmp_path / "in")
-    storescu(node, files)
+    storescu(node.listener.address[1], files)
     stored = sorted(iter_spool(node.spool.root))
     assert len(stored) == 24
     study = node.catalog.get_study(series[0].StudyInstanceUID)
@@ -121,7 +110,7 @@ def test_storescu_transfer_syntaxes_kept_as_sent(
             assert done.returncode == 0, done.stderr
             compressed.append(out)
         files = compressed
-    storescu(node, files, propose)
+    storescu(node.listener.address[1], files, propose)
     stored = sorted(iter_spool(node.spool.root))
     assert len(stored) == 3
     for path in stored:
@@ -138,7 +127,7 @@ def test_storescu_transfer_syntaxes_kept_as_sent(
 def test_negotiation_prefers_lossless_then_uncompressed(node: Node, tmp_path: Path) -> None:
     """Offered big endian, explicit and implicit little endian, we take explicit LE."""
     files = write_files(ct_series(1), tmp_path)
-    storescu(node, files, "-xb")
+    storescu(node.listener.address[1], files, "-xb")
     (path,) = iter_spool(node.spool.root)
     assert dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
@@ -148,11 +137,11 @@ def test_storescu_from_a_calling_aet_outside_the_allow_list(
 ) -> None:
     node = node_factory(security={"allowed_calling_aets": ["PACS"]})
     files = write_files(ct_series(2), tmp_path)
-    host, port = node.listener.address
-    done = run("storescu", "-aet", "CT01", "-aec", "SCANET", host, str(port), *map(str, files))
+    port = node.listener.address[1]
+    done = storescu(port, files, check=False)
     assert done.returncode != 0
     assert "Calling AE Title Not Recognized" in done.stderr
     assert node.catalog.count_instances() == 0
-    done = run("storescu", "-aet", "PACS", "-aec", "SCANET", host, str(port), *map(str, files))
+    done = storescu(port, files, calling="PACS", check=False)
     assert done.returncode == 0
     assert node.catalog.count_instances() == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_samples import ct_dataset, write_files
-from orthanc import OrthancServer, requires_orthanc, run_orthanc
+from orthanc import OrthancServer, run_orthanc
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -20,8 +20,6 @@ from pydicom.uid import (
 )
 
 from scanet_node.results.deliver import Peer, send
-
-pytestmark = requires_orthanc
 
 OUR_AET = "SCANET"
 

@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,10 +32,11 @@ import psutil
 import pydicom
 import pytest
 import yaml
-from conftest import dcmtk, wait_for
+from conftest import wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_dataset
 from model_samples import untrained_checkpoint
-from orthanc import requires_orthanc, run_orthanc
+from orthanc import run_orthanc
+from peers import DCMTK_ENV, dcmtk, free_port, require_tool, storescu
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from scanet_node.catalog import Catalog
@@ -54,7 +54,6 @@ COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
 CONFIG = DEPLOY / "config.toml"
 CONFIG_IN_IMAGE = "/etc/scanet-node/config.toml"
 TOKEN = "deploy-test-token-0123456789"
-COMPOSE_ENV_HINT = "apt-get install docker-compose (tests/run installs it)"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
@@ -269,10 +268,7 @@ def test_the_installed_package_finds_the_shipped_models(
 
 
 def docker_compose() -> str:
-    path = shutil.which("docker-compose")
-    if path is None:
-        pytest.fail(f"docker-compose is not installed: {COMPOSE_ENV_HINT}")
-    return path
+    return require_tool("docker-compose", "apt-get install docker-compose")
 
 
 def compose_config(
@@ -462,9 +458,7 @@ def test_the_unit_runs_the_images_command_with_the_agreed_settings() -> None:
 
 def systemd_root(tmp_path: Path, unit_text: str) -> Path:
     """A file-system root with the unit, its ExecStart and the system's own units."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.fail("systemd-analyze is not installed: apt-get install systemd")
+    require_tool("systemd-analyze", "apt-get install systemd")
     root = tmp_path / "root"
     exe = root / unit_command()[0].lstrip("/")
     exe.parent.mkdir(parents=True)
@@ -510,12 +504,6 @@ def test_systemd_analyze_verifies_the_unit_and_rates_its_hardening(tmp_path: Pat
 
 
 # --- the start-up command, run directly -----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def deploy_config_copy(folder: Path, destination: tuple[str, int] | None = None) -> Path:
@@ -636,7 +624,7 @@ def echoscu(port: int, calling_aet: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "TCP_NODELAY": "1"},
+        env=DCMTK_ENV,
         check=False,
     )
 
@@ -692,21 +680,7 @@ def spool_sop_uids(data_dir: Path) -> set[str]:
     }
 
 
-def storescu(port: int, calling_aet: str, files: list[Path]) -> None:
-    done = subprocess.run(
-        [dcmtk("storescu"), "-aet", calling_aet, "-aec", "ORTHANC", "127.0.0.1", str(port)]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 @pytest.mark.dcmtk
-@requires_orthanc
 def test_orthanc_forwards_ct_to_the_node_and_never_the_nodes_results(
     tmp_path: Path, start_serve: Callable[..., Serve]
 ) -> None:
@@ -737,7 +711,7 @@ def test_orthanc_forwards_ct_to_the_node_and_never_the_nodes_results(
         headers = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in files}
         ct = {str(h.SOPInstanceUID) for h in headers.values() if h.Modality == "CT"}
         assert 0 < len(ct) < len(files), "the study also holds a non-CT instance"
-        storescu(orthanc.dicom_port, "CT01", files)
+        storescu(orthanc.dicom_port, files, called="ORTHANC")
         wait_for(
             "Orthanc to forward the CT",
             lambda: spool_sop_uids(data_dir) == ct,
@@ -786,12 +760,12 @@ def test_orthanc_forwards_ct_to_the_node_and_never_the_nodes_results(
         for n, (aet, ds) in enumerate(kept):
             path = tmp_path / f"kept{n}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            storescu(orthanc.dicom_port, aet, [path])
+            storescu(orthanc.dicom_port, [path], calling=aet, called="ORTHANC")
         # Orthanc runs its Lua callbacks in order: once a later CT has reached the node,
         # every instance before it (our results included) has been decided on.
         barrier = ct_dataset(index=4)
         barrier.save_as(tmp_path / "barrier.dcm", enforce_file_format=True)
-        storescu(orthanc.dicom_port, "CT01", [tmp_path / "barrier.dcm"])
+        storescu(orthanc.dicom_port, [tmp_path / "barrier.dcm"], called="ORTHANC")
         last = str(barrier.SOPInstanceUID)
         wait_for(
             "the barrier CT",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,16 +22,17 @@ from typing import Any
 import psutil
 import pydicom
 import pytest
-from conftest import dcmtk, wait_for
+from conftest import wait_for
 from model_samples import untrained_checkpoint
 from node_config import node_config
-from orthanc import OrthancServer, requires_orthanc, run_orthanc
+from orthanc import OrthancServer, run_orthanc
+from peers import dcmtk, require_tool, storescu
 
 from scanet_node.catalog import Catalog
 from scanet_node.catalog.jobs import JobQueue
 from scanet_node.synth.cohort import plan_study, write_study
 
-pytestmark = [pytest.mark.dcmtk, requires_orthanc]
+pytestmark = pytest.mark.dcmtk
 
 SIZE = 64
 CLI = [sys.executable, "-m", "scanet_node"]
@@ -124,19 +124,6 @@ def node_in(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         node.stop()
 
 
-def storescu(port: int, files: list[Path]) -> None:
-    done = subprocess.run(
-        [dcmtk("storescu"), "-aet", "CT01", "-aec", "SCANET", "127.0.0.1", str(port)]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def study_files(
     folder: Path, seed: int, variant: str = "standard", index: int = 0
 ) -> tuple[dict[str, Any], list[Path]]:
@@ -170,9 +157,7 @@ def fetch(orthanc: OrthancServer, uid: str, folder: Path) -> Path:
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    if not Path(tool).exists():
-        pytest.skip("dciodvfy is not installed (apt-get install dicom3tools)")
+    tool = require_tool("dciodvfy", "apt-get install dicom3tools")
     out = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
@@ -257,7 +242,9 @@ def test_a_study_becomes_an_sr_and_overlays_in_orthanc_and_an_amendment_follows(
     assert str(predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == srs[0]
     jobs = json.loads(node.cli("jobs", "--json").stdout)
     assert [j["supersedes_id"] for j in jobs] == [jobs[1]["id"], None]
-    time.sleep(2)  # a sweep or two more: still exactly two jobs and two SRs
+    # A sweep or two more: still exactly two jobs and two SRs. What is shown is that nothing
+    # more happens, so a fixed wait, not wait_for.
+    time.sleep(2)
     assert len(json.loads(node.cli("jobs", "--json").stdout)) == 2
     assert len(sr_uids(orthanc_results(orthanc, study_uid))) == 2
 

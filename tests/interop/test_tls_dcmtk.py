@@ -3,16 +3,16 @@ our results; certificates made by the test (tests/pki.py)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NodeFactory, _free_port, dcmtk, make_settings
+from conftest import NodeFactory, wait_for
 from dicom_samples import ct_dataset, ct_series, write_files
+from node_config import make_settings
+from peers import DCMTK_ENV, dcmtk, free_port, storescu
 from pki import listener_tls
 from pydicom.uid import generate_uid
 
@@ -21,20 +21,6 @@ from scanet_node.config import Destination
 from scanet_node.pipeline.worker import Worker
 
 pytestmark = pytest.mark.dcmtk
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def _storescu(port: int, files: list[Path], *tls: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [dcmtk("storescu"), *tls, "-aet", "CT01", "-aec", "SCANET", "127.0.0.1", str(port)]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=DCMTK_ENV,
-        check=False,
-    )
 
 
 def test_dcmtk_storescu_over_mutual_tls(
@@ -47,15 +33,16 @@ def test_dcmtk_storescu_over_mutual_tls(
 
     client = ("+tls", str(pki / "client.key"), str(pki / "client.crt"), "-pw")
     rogue = ("+tls", str(pki / "rogue.key"), str(pki / "rogue.crt"), "-pw")
-    sent = _storescu(port, files, *client, *trust_node)
-    assert sent.returncode == 0, sent.stderr
+    storescu(port, files, *client, *trust_node)
     assert node.catalog.count_instances() == 3
 
     refused = {
-        "no client certificate": _storescu(port, files[:1], "+tla", *trust_node),
-        "client certificate not from our CA": _storescu(port, files[:1], *rogue, *trust_node),
-        "plain DICOM on the TLS port": _storescu(port, files[:1]),
-        "storescu does not trust the node": _storescu(port, files[:1], *client),
+        "no client certificate": storescu(port, files[:1], "+tla", *trust_node, check=False),
+        "client certificate not from our CA": storescu(
+            port, files[:1], *rogue, *trust_node, check=False
+        ),
+        "plain DICOM on the TLS port": storescu(port, files[:1], check=False),
+        "storescu does not trust the node": storescu(port, files[:1], *client, check=False),
     }
     for case, result in refused.items():
         assert result.returncode != 0, case
@@ -65,24 +52,30 @@ def test_dcmtk_storescu_over_mutual_tls(
 @pytest.fixture
 def tls_storescp(pki: Path, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """DCMTK's storescp over TLS, asking for a client certificate signed by the test CA."""
-    port, out = _free_port(), tmp_path / "storescp"
+    port, out, log = free_port(), tmp_path / "storescp", tmp_path / "storescp.log"
     out.mkdir()
-    process = subprocess.Popen(
-        [
-            *(dcmtk("storescp"), "+tls", str(pki / "node.key"), str(pki / "node.crt"), "-pw"),
-            *("+cf", str(pki / "ca.crt"), "-aet", "PACS", "-od", str(out), str(port)),
-        ],
-        env=DCMTK_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [
+                *(dcmtk("storescp"), "+tls", str(pki / "node.key"), str(pki / "node.crt"), "-pw"),
+                *("+cf", str(pki / "ca.crt"), "-aet", "PACS", "-od", str(out), str(port)),
+            ],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+    def listening() -> bool:
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        time.sleep(0.05)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(
+        "storescp to listen",
+        listening,
+        20,
+        log.read_text,
+        stop_if=lambda: process.poll() is not None,
+    )
     yield port, out
     process.terminate()
     process.wait(10)

@@ -4,6 +4,7 @@ hand-made volumes."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,14 +395,13 @@ def test_image_evidence_says_when_it_is_not_a_head() -> None:
     assert chest.summary.startswith("not a head")
 
 
-def test_rules_from_the_configuration() -> None:
-    from scanet_node.config import load_settings
+def test_rules_from_the_configuration(tmp_path: Path) -> None:
+    from node_config import make_settings
+
     from scanet_node.imaging.classify import rules_from_settings
 
-    settings = load_settings(
-        None,
-        environ={},
-        overrides={"imaging": {"extra_cta_patterns": ["gef(ä|ae)(ss|ß)e"], "min_images": 5}},
+    settings = make_settings(
+        tmp_path, imaging={"extra_cta_patterns": ["gef(ä|ae)(ss|ß)e"], "min_images": 5}
     )
     rules = rules_from_settings(settings.imaging)
     assert rules.cta_patterns[-1] == "gef(ä|ae)(ss|ß)e"
