@@ -19,15 +19,15 @@ matrices (and, for SyN, displacement fields), so that mapping points or volumes 
 ANTs, and writes them back out as ANTs transform files when asked.
 
 ``ants`` is imported inside the functions (STYLE: heavy imports where used). ANTs' thread count
-comes from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, read when ITK first starts; ``register``
-sets it when asked (``threads``) before the first import. antspyx 0.6.3 ignores the
-``random_seed`` argument of ``ants.registration``; the seed goes in through ``ants.config``.
+comes from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` in the process's environment, read when ITK
+first starts (antspyx 0.6.3 has no call that sets it), so it is the process that runs a
+registration that chooses it, never this module. antspyx 0.6.3 ignores the ``random_seed``
+argument of ``ants.registration``; the seed goes in through ``ants.config``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -831,7 +831,6 @@ def register(
     min_similarity: float | None = MIN_SIMILARITY,
     cta_same_frame: bool = False,
     seed: int | None = DEFAULT_SEED,
-    threads: int | None = None,
 ) -> Registration:
     """Register a study's NCCT (and CTA) to the CT template and resample both onto ``grid``.
 
@@ -860,9 +859,6 @@ def register(
         identity (see :func:`register_cta_to_ncct`).
     seed
         ANTs' random seed (metric sampling).
-    threads
-        Sets ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when ITK has not started yet; 1 makes
-        results bit-reproducible.
 
     Raises
     ------
@@ -872,8 +868,6 @@ def register(
         ``registration_dissimilar`` (see ``min_similarity``), ``non_orthogonal_grid`` for a
         sheared (gantry-tilted) volume that was not resampled first.
     """
-    if threads is not None:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     t0 = time.perf_counter()
     half = register_ncct(
         ncct_hu,
