@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -15,21 +14,8 @@ from typing import Any
 
 from scanet_node import __version__
 from scanet_node.errors import ScanetError
+from scanet_node.logs import configure_logging
 from scanet_node.synth import VARIANT_NAMES
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom's own INFO lines repeat what our association lines say.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # highdicom logs each attribute it copies at INFO.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
-    # Alembic lists its autogenerate plugins at INFO on every migration.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -57,7 +43,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         node["data_dir"] = args.data_dir
     settings = _load(args, {"node": node})
-    _configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level)
     from scanet_node.service import serve
 
     serve(settings)
@@ -146,7 +132,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
     node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
     settings = _load(args, {"node": node})
     if args.action == "upgrade":
-        _configure_logging(settings.logging.level)
+        configure_logging(settings.logging.level)
         print(upgrade_catalog(settings.catalog_url))
         return 0
     text, is_head = current_catalog(settings.catalog_url)
@@ -157,7 +143,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
     settings = _load(args, {"node": node})
-    _configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level)
     from scanet_node.pipeline.worker import run_worker
 
     run_worker(settings)
@@ -316,7 +302,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
     node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
     settings = _load(args, {"node": node})
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     catalog = Catalog(settings.catalog_url, create=False)
     try:
         report = run_retention(
@@ -369,7 +355,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = _load(args)
-    _configure_logging("WARNING" if not args.verbose else settings.logging.level)
+    configure_logging("WARNING" if not args.verbose else settings.logging.level)
     from scanet_node.demo import run_demo
 
     return run_demo(
@@ -443,7 +429,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from scanet_node.imaging.qc import NotAnalysable
 
     settings = _load(args)
-    _configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level)
     try:
         model_input = prepare(
             args.study_dir,
@@ -523,7 +509,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from scanet_node.model import metrics as mt
     from scanet_node.model.experiment import cross_validate, train_final
 
-    _configure_logging("INFO")
+    configure_logging("INFO")
     if args.init and args.folds >= 2:
         print(
             "scanet-node: --init fine-tunes the final model; use it with --folds 0",
@@ -573,7 +559,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from scanet_node.model.checkpoint import read_card
     from scanet_node.model.experiment import evaluate_checkpoints
 
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     size = int(read_card(args.checkpoint[0]).preprocessing["size"])
     cohort = _load_cohort(args.cohort, size, args.cache)
     out = args.out or Path(f"evaluation-{args.cohort.name}")
@@ -588,7 +574,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from scanet_node.imaging.qc import NotAnalysable
     from scanet_node.model.predictor import Predictor
 
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     predictor = Predictor(args.checkpoint, device=args.device)
     try:
         model_input = prepare(args.study_dir, size=predictor.input_size)
