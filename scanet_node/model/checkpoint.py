@@ -54,6 +54,12 @@ def preprocessing(size: int) -> dict[str, Any]:
     }
 
 
+def data_description(cases: int, cohort: str, *, synthetic: bool) -> str:
+    """The card's line on the training data when the user gives none: its size and cohort."""
+    text = f"{cases} cases of cohort {cohort}"
+    return text + (" (SYNTHETIC: scanet-node synth, no patient data)" if synthetic else "")
+
+
 @dataclass
 class ModelCard:
     """What a checkpoint is, how it was made and how well it did."""
