@@ -1,41 +1,45 @@
-"""``scanet-node``: the command line. Thin: parse, load the settings, call one function."""
+"""``scanet-node``: the command line. Thin: parse, load the settings, call one function.
+
+Every import beyond the standard library happens inside the command that needs it, so that
+``--help`` starts fast and ``serve`` never loads the synthetic-data generator or training code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import logging
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanet_node import __version__
 from scanet_node.errors import ScanetError
-from scanet_node.synth import VARIANT_NAMES
+from scanet_node.logs import configure_logging
+
+if TYPE_CHECKING:
+    from scanet_node.catalog import Catalog, StudySummary
+    from scanet_node.catalog.jobs import JobInfo, JobQueue
+    from scanet_node.config import Settings
+    from scanet_node.model.data import Cohort
+    from scanet_node.model.train import TrainSettings
+
+#: The ``[node]`` settings a command's options may override, by option name.
+_NODE_OPTIONS = ("host", "port", "data_dir")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom's own INFO lines repeat what our association lines say.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # highdicom logs each attribute it copies at INFO.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
-    # Alembic lists its autogenerate plugins at INFO on every migration.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
-def _load(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+def _load(args: argparse.Namespace, *, node_options: bool = True) -> Settings:
+    """The settings of ``--config``, with the command's ``[node]`` options applied last
+    (``node_options=False``: a command whose ``--data-dir`` means something else)."""
     from scanet_node.config import load_settings
 
-    return load_settings(args.config, overrides=overrides)
+    if not node_options:
+        return load_settings(args.config)
+    node = {k: getattr(args, k) for k in _NODE_OPTIONS if getattr(args, k, None) is not None}
+    return load_settings(args.config, overrides={"node": node})
 
 
 def _json_default(value: object) -> str:
@@ -49,15 +53,8 @@ def _print_json(value: object) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    node: dict[str, Any] = {}
-    if args.host is not None:
-        node["host"] = args.host
-    if args.port is not None:
-        node["port"] = args.port
-    if args.data_dir is not None:
-        node["data_dir"] = args.data_dir
-    settings = _load(args, {"node": node})
-    _configure_logging(settings.logging.level)
+    settings = _load(args)
+    configure_logging(settings.logging.level)
     from scanet_node.service import serve
 
     serve(settings)
@@ -65,36 +62,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_echo(args: argparse.Namespace) -> int:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from scanet_node.results.echo import echo
 
-    ae = AE(ae_title=args.aet)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = args.timeout
-    assoc = ae.associate(args.host, args.port, ae_title=args.called_aet)
-    if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "could not be established"
+    result = echo(
+        args.host,
+        args.port,
+        calling_aet=args.aet,
+        called_aet=args.called_aet,
+        timeout=args.timeout,
+    )
+    if not result.established:
+        why = "rejected" if result.rejected else "could not be established"
         print(f"echo {args.host}:{args.port} as {args.aet}: association {why}", file=sys.stderr)
         return 1
-    status = assoc.send_c_echo()
-    assoc.release()
-    if status and status.Status == 0x0000:
+    if result.ok:
         print(f"echo {args.host}:{args.port} ({args.called_aet}): success")
         return 0
-    code = f"0x{status.Status:04X}" if status else "no response"
+    code = f"0x{result.status:04X}" if result.status is not None else "no response"
     print(f"echo {args.host}:{args.port}: failed ({code})", file=sys.stderr)
     return 1
 
 
-def _open_catalog(args: argparse.Namespace) -> Any:
+def _open_catalog(args: argparse.Namespace) -> Catalog:
     from scanet_node.catalog import Catalog
 
-    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    settings = _load(args, {"node": node})
-    return Catalog(settings.catalog_url, create=False)
+    return Catalog(_load(args).catalog_url, create=False)
 
 
-def _study_lines(study: Any) -> list[str]:
+def _study_lines(study: StudySummary) -> list[str]:
     lines = [
         f"{study.study_instance_uid}  {study.study_date or '-':8}  "
         f"{study.num_instances} instances  last received {_json_default(study.last_received_at)}"
@@ -143,10 +138,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _cmd_db(args: argparse.Namespace) -> int:
     from scanet_node.catalog.schema import current_catalog, upgrade_catalog
 
-    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    settings = _load(args, {"node": node})
+    settings = _load(args)
     if args.action == "upgrade":
-        _configure_logging(settings.logging.level)
+        configure_logging(settings.logging.level)
         print(upgrade_catalog(settings.catalog_url))
         return 0
     text, is_head = current_catalog(settings.catalog_url)
@@ -155,22 +149,21 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    settings = _load(args, {"node": node})
-    _configure_logging(settings.logging.level)
+    settings = _load(args)
+    configure_logging(settings.logging.level)
     from scanet_node.pipeline.worker import run_worker
 
     run_worker(settings)
     return 0
 
 
-def _queue(args: argparse.Namespace) -> Any:
+def _queue(args: argparse.Namespace) -> JobQueue:
     from scanet_node.catalog.jobs import JobQueue
 
     return JobQueue(_open_catalog(args))
 
 
-def _job_line(job: Any) -> str:
+def _job_line(job: JobInfo) -> str:
     if job.probability is not None:
         what = f"P={job.probability:.3f} {'positive' if job.positive else 'negative'}"
     else:
@@ -207,8 +200,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from scanet_node.catalog.overview import Overview
     from scanet_node.pipeline.doctor import clock, unanswered
 
-    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    settings = _load(args, {"node": node})
+    settings = _load(args)
     catalog = Catalog(settings.catalog_url, create=False)
     now = utcnow()
     try:
@@ -314,9 +306,8 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     from scanet_node.catalog import Catalog
     from scanet_node.pipeline.retention import run_retention
 
-    node = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    settings = _load(args, {"node": node})
-    _configure_logging("WARNING")
+    settings = _load(args)
+    configure_logging("WARNING")
     catalog = Catalog(settings.catalog_url, create=False)
     try:
         report = run_retention(
@@ -368,8 +359,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    settings = _load(args)
-    _configure_logging("WARNING" if not args.verbose else settings.logging.level)
+    settings = _load(args, node_options=False)
+    configure_logging("WARNING" if not args.verbose else settings.logging.level)
     from scanet_node.demo import run_demo
 
     return run_demo(
@@ -442,8 +433,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from scanet_node.imaging.prepare import prepare
     from scanet_node.imaging.qc import NotAnalysable
 
-    settings = _load(args)
-    _configure_logging(settings.logging.level)
+    settings = _load(args, node_options=False)
+    configure_logging(settings.logging.level)
     try:
         model_input = prepare(
             args.study_dir,
@@ -468,7 +459,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_settings(args: argparse.Namespace) -> Any:
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
     from scanet_node.model.train import RESNET_DEPTHS, TrainSettings
 
     return TrainSettings(
@@ -502,7 +493,7 @@ def _weights_sha256(checkpoint: Path) -> str:
     return str(read_card(checkpoint).weights_sha256)
 
 
-def _load_cohort(path: Path, size: int, cache: Path | None) -> Any:
+def _load_cohort(path: Path, size: int, cache: Path | None) -> Cohort:
     from tqdm import tqdm
 
     from scanet_node.model.data import load_cohort
@@ -520,10 +511,11 @@ def _load_cohort(path: Path, size: int, cache: Path | None) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from scanet_node.model import metrics as mt
+    from scanet_node.model.checkpoint import data_description, read_card
     from scanet_node.model.experiment import cross_validate, train_final
+    from scanet_node.model.metrics import final_threshold
 
-    _configure_logging("INFO")
+    configure_logging("INFO")
     if args.init and args.folds >= 2:
         print(
             "scanet-node: --init fine-tunes the final model; use it with --folds 0",
@@ -534,23 +526,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cohort = _load_cohort(args.cohort, args.size, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
     methods = ["scanet", *(["resnet34", "hu-logistic"] if args.baselines else [])]
-    threshold, summary = 0.5, None
+    summary, cv_probabilities = None, None
     if settings.folds >= 2:
         cv = cross_validate(cohort, settings, args.out / "cv", methods=methods)
         print((args.out / "cv" / "table.md").read_text())
-        summary = cv.summary()
-        threshold = mt.youden_threshold(cv.probabilities["scanet"], cohort.labels)
+        summary, cv_probabilities = cv.summary(), cv.probabilities["scanet"]
     if args.no_final:
         return 0
+    threshold = final_threshold(cv_probabilities, cohort.labels)
     synthetic = args.synthetic or (cohort.root / "inputs").is_dir()
-    description = args.data_description or (
-        f"{len(cohort)} cases of cohort {cohort.root.name}"
-        + (" (SYNTHETIC: scanet-node synth, no patient data)" if synthetic else "")
+    description = args.data_description or data_description(
+        len(cohort), cohort.root.name, synthetic=synthetic
     )
     init_kind = None
     if args.init:
-        from scanet_node.model.checkpoint import read_card
-
         init_kind = read_card(args.init).architecture["kind"]
     for kind in ["scanet", *(["resnet34"] if args.baselines else [])]:
         path = train_final(
@@ -573,7 +562,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from scanet_node.model.checkpoint import read_card
     from scanet_node.model.experiment import evaluate_checkpoints
 
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     size = int(read_card(args.checkpoint[0]).preprocessing["size"])
     cohort = _load_cohort(args.cohort, size, args.cache)
     out = args.out or Path(f"evaluation-{args.cohort.name}")
@@ -588,29 +577,77 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from scanet_node.imaging.qc import NotAnalysable
     from scanet_node.model.predictor import Predictor
 
-    _configure_logging("WARNING")
+    configure_logging("WARNING")
     predictor = Predictor(args.checkpoint, device=args.device)
     try:
         model_input = prepare(args.study_dir, size=predictor.input_size)
     except NotAnalysable as exc:
         print(f"scanet-node: {exc}", file=sys.stderr)
         return 3
-    p = predictor.predict(model_input.tensor)
-    result = {
-        "study_instance_uid": model_input.study_instance_uid,
-        "probability_mtici_2c_3": round(p.probability, 4),
-        "recanalization_expected": p.positive,
-        "threshold": round(p.threshold, 4),
-        "top_slice": p.top_slice,
-        "slice_weights": [round(float(w), 4) for w in p.slice_weights],
-        "model": predictor.describe(),
-    }
+    prediction = predictor.predict(model_input.tensor)
+    result = predictor.document(model_input.study_instance_uid, prediction)
     _print_json(result)
     if predictor.card.synthetic:
         print(
             "NOTE: demo weights trained on SYNTHETIC data; not for clinical use.", file=sys.stderr
         )
     return 0
+
+
+class _VariantNames:
+    """The synthetic study variants, for ``synth --variant``'s choices: read from
+    :mod:`scanet_node.synth` only when argparse checks or lists them, so that building the
+    parser (every command, ``serve`` included) never imports the generator."""
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    @staticmethod
+    def _names() -> tuple[str, ...]:
+        from scanet_node.synth import VARIANT_NAMES
+
+        return VARIANT_NAMES
+
+
+def _option_parser(*arguments: tuple[str, dict[str, Any]]) -> argparse.ArgumentParser:
+    """A parent parser holding options that several commands share."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for flag, options in arguments:
+        parent.add_argument(flag, **options)
+    return parent
+
+
+#: ``--data-dir``, ``--json`` and ``--limit``: the same meaning wherever a command takes them.
+_DATA_DIR = _option_parser(("--data-dir", {"help": "override [node] data_dir"}))
+_JSON = _option_parser(("--json", {"action": "store_true", "help": "machine-readable output"}))
+_LIMIT = _option_parser(("--limit", {"type": int, "default": None, "help": "at most this many"}))
+# `scanet-node serve --config FILE` as well as `scanet-node --config FILE serve`; SUPPRESS
+# keeps a subcommand without it from overwriting the global option.
+_CONFIG = _option_parser(
+    ("--config", {"type": Path, "default": argparse.SUPPRESS, "help": "TOML settings file"})
+)
+
+
+class _Commands:
+    """Adds the subcommands of ``scanet-node``, each with ``--config`` and its function."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self._sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        self,
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help: str,
+        *parents: argparse.ArgumentParser,
+    ) -> argparse.ArgumentParser:
+        """A subcommand ``name`` that runs ``func``, with the shared options of ``parents``."""
+        child = self._sub.add_parser(name, help=help, parents=[*parents, _CONFIG])
+        child.set_defaults(func=func)
+        return child
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -626,15 +663,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="TOML settings file (default: ./config.toml if present, else built-in defaults)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = _Commands(parser)
+    _add_node_commands(commands)
+    _add_catalog_commands(commands)
+    _add_study_commands(commands)
+    _add_synth_command(commands)
+    _add_train_command(commands)
+    _add_model_commands(commands)
+    return parser
 
-    serve = sub.add_parser("serve", help="run the DICOM listener, the scheduler and a worker")
+
+def _add_node_commands(commands: _Commands) -> None:
+    """``serve`` and ``echo``."""
+    serve = commands.add(
+        "serve", _cmd_serve, "run the DICOM listener, the scheduler and a worker", _DATA_DIR
+    )
     serve.add_argument("--host", help="override [node] host")
     serve.add_argument("--port", type=int, help="override [node] port")
-    serve.add_argument("--data-dir", help="override [node] data_dir")
-    serve.set_defaults(func=_cmd_serve)
 
-    echo = sub.add_parser("echo", help="send a C-ECHO to a DICOM peer")
+    echo = commands.add("echo", _cmd_echo, "send a C-ECHO to a DICOM peer")
     echo.add_argument("host")
     echo.add_argument("port", type=int)
     echo.add_argument("--aet", default="SCANET", help="our calling AE title (default SCANET)")
@@ -642,83 +689,88 @@ def build_parser() -> argparse.ArgumentParser:
         "--called-aet", default="ANY-SCP", help="the peer's AE title (default ANY-SCP)"
     )
     echo.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    echo.set_defaults(func=_cmd_echo)
 
-    studies = sub.add_parser("studies", help="list the catalogued studies and their series")
-    studies.add_argument("--json", action="store_true", help="machine-readable output")
-    studies.add_argument("--data-dir", help="override [node] data_dir")
-    studies.set_defaults(func=_cmd_studies)
 
-    study = sub.add_parser("study", help="show one study")
+def _add_catalog_commands(commands: _Commands) -> None:
+    """The commands that read or change the catalog, ``studies`` to ``audit``."""
+    commands.add(
+        "studies", _cmd_studies, "list the catalogued studies and their series", _JSON, _DATA_DIR
+    )
+
+    study = commands.add("study", _cmd_study, "show one study", _JSON, _DATA_DIR)
     study.add_argument("uid", help="Study Instance UID")
-    study.add_argument("--json", action="store_true", help="machine-readable output")
-    study.add_argument("--data-dir", help="override [node] data_dir")
-    study.set_defaults(func=_cmd_study)
 
-    db = sub.add_parser("db", help="the catalog's schema: show its revision, or upgrade it")
+    db = commands.add(
+        "db", _cmd_db, "the catalog's schema: show its revision, or upgrade it", _DATA_DIR
+    )
     db.add_argument(
         "action",
         choices=("current", "upgrade"),
         help="current: print the revision (exit 1 unless head); upgrade: migrate to head",
     )
-    db.add_argument("--data-dir", help="override [node] data_dir")
-    db.set_defaults(func=_cmd_db)
 
-    worker = sub.add_parser("worker", help="run one analysis worker (scale-out; serve runs one)")
-    worker.add_argument("--data-dir", help="override [node] data_dir")
-    worker.set_defaults(func=_cmd_worker)
+    commands.add(
+        "worker", _cmd_worker, "run one analysis worker (scale-out; serve runs one)", _DATA_DIR
+    )
 
-    jobs = sub.add_parser("jobs", help="list analysis jobs, newest first")
+    jobs = commands.add(
+        "jobs", _cmd_jobs, "list analysis jobs, newest first", _LIMIT, _JSON, _DATA_DIR
+    )
     jobs.add_argument("--study", help="only this Study Instance UID")
-    jobs.add_argument("--limit", type=int, default=None, help="at most this many")
-    jobs.add_argument("--json", action="store_true", help="machine-readable output")
-    jobs.add_argument("--data-dir", help="override [node] data_dir")
-    jobs.set_defaults(func=_cmd_jobs)
 
-    doctor = sub.add_parser(
+    doctor = commands.add(
         "doctor",
-        help="list recent studies that have no result sent, and why (nothing stuck?)",
+        _cmd_doctor,
+        "list recent studies that have no result sent, and why (nothing stuck?)",
+        _JSON,
+        _DATA_DIR,
     )
     doctor.add_argument(
         "--hours", type=float, default=24.0, help="studies received in this many hours (24)"
     )
-    doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor.add_argument("--data-dir", help="override [node] data_dir")
-    doctor.set_defaults(func=_cmd_doctor)
 
-    deliveries = sub.add_parser("deliveries", help="list result deliveries and their attempts")
+    deliveries = commands.add(
+        "deliveries",
+        _cmd_deliveries,
+        "list result deliveries and their attempts",
+        _JSON,
+        _DATA_DIR,
+    )
     deliveries.add_argument("--job", type=int, help="only this job")
-    deliveries.add_argument("--json", action="store_true", help="machine-readable output")
-    deliveries.add_argument("--data-dir", help="override [node] data_dir")
-    deliveries.set_defaults(func=_cmd_deliveries)
 
-    resend = sub.add_parser("resend", help="send a job's results again")
+    resend = commands.add("resend", _cmd_resend, "send a job's results again", _DATA_DIR)
     resend.add_argument("delivery", type=int, nargs="*", help="delivery ids")
     resend.add_argument("--job", type=int, help="every delivery of this job")
-    resend.add_argument("--data-dir", help="override [node] data_dir")
-    resend.set_defaults(func=_cmd_resend)
 
-    reprocess = sub.add_parser("reprocess", help="analyse a study again (an amended result)")
+    reprocess = commands.add(
+        "reprocess", _cmd_reprocess, "analyse a study again (an amended result)", _DATA_DIR
+    )
     reprocess.add_argument("uid", help="Study Instance UID")
-    reprocess.add_argument("--data-dir", help="override [node] data_dir")
-    reprocess.set_defaults(func=_cmd_reprocess)
 
-    purge = sub.add_parser(
-        "purge", help="purge the studies [retention] says to, now (a de-identified audit row stays)"
+    purge = commands.add(
+        "purge",
+        _cmd_purge,
+        "purge the studies [retention] says to, now (a de-identified audit row stays)",
+        _DATA_DIR,
     )
     purge.add_argument("--dry-run", action="store_true", help="only print what would be purged")
-    purge.add_argument("--data-dir", help="override [node] data_dir")
-    purge.set_defaults(func=_cmd_purge)
 
-    audit = sub.add_parser("audit", help="list purged studies (de-identified), newest first")
-    audit.add_argument("--limit", type=int, default=None, help="at most this many")
-    audit.add_argument("--json", action="store_true", help="machine-readable output")
-    audit.add_argument("--data-dir", help="override [node] data_dir")
-    audit.set_defaults(func=_cmd_audit)
+    commands.add(
+        "audit",
+        _cmd_audit,
+        "list purged studies (de-identified), newest first",
+        _LIMIT,
+        _JSON,
+        _DATA_DIR,
+    )
 
-    demo = sub.add_parser(
+
+def _add_study_commands(commands: _Commands) -> None:
+    """``demo`` and ``prepare``: one study through the node, or through ``imaging.prepare``."""
+    demo = commands.add(
         "demo",
-        help="start a node and a local PACS, send a synthetic study, print the result",
+        _cmd_demo,
+        "start a node and a local PACS, send a synthetic study, print the result",
     )
     demo.add_argument(
         "--data-dir", type=Path, default=Path("scanet-demo"), help="default ./scanet-demo"
@@ -732,24 +784,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the results to the [[destinations]] of the settings, not a local peer",
     )
     demo.add_argument("--verbose", action="store_true", help="the node's log lines too")
-    demo.set_defaults(func=_cmd_demo)
 
-    prep = sub.add_parser(
-        "prepare", help="make the model input of a study folder (load, classify, register)"
+    prep = commands.add(
+        "prepare", _cmd_prepare, "make the model input of a study folder (load, classify, register)"
     )
     prep.add_argument("study_dir", type=Path, help="a study folder, one sub-folder per series")
     prep.add_argument("--out", type=Path, required=True, help="where to write the input")
     prep.add_argument("--method", choices=("affine", "syn"), help="override [imaging] registration")
-    prep.set_defaults(func=_cmd_prepare)
 
-    synth = sub.add_parser(
-        "synth", help="write synthetic stroke studies (CT + CTA DICOM with known ground truth)"
+
+def _add_synth_command(commands: _Commands) -> None:
+    """``synth``: synthetic studies and cohorts."""
+    synth = commands.add(
+        "synth",
+        _cmd_synth,
+        "write synthetic stroke studies (CT + CTA DICOM with known ground truth)",
     )
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--studies", type=int, default=1, help="how many studies (default 1)")
     synth.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     synth.add_argument("--small", action="store_true", help="128x128 images, 2.5 mm CTA: fast")
-    synth.add_argument("--variant", choices=VARIANT_NAMES, default="standard", help="study variant")
+    synth.add_argument(
+        "--variant",
+        choices=_VariantNames(),
+        default="standard",
+        metavar="VARIANT",
+        help="study variant: %(choices)s (default standard)",
+    )
     synth.add_argument("--cta-slice-mm", type=float, help="CTA slice thickness (default random)")
     synth.add_argument("--render", action="store_true", help="also write PNGs of each study")
     synth.add_argument(
@@ -771,9 +832,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="processes for --prepared and --template-space (default: one per core)",
     )
-    synth.set_defaults(func=_cmd_synth)
 
-    train = sub.add_parser("train", help="cross-validate SCANet and baselines, train the model")
+
+def _add_train_command(commands: _Commands) -> None:
+    """``train``: cross-validation and the final model ([ours]: not the paper's options)."""
+    train = commands.add(
+        "train", _cmd_train, "cross-validate SCANet and baselines, train the model"
+    )
     train.add_argument("--cohort", type=Path, required=True, help="folder with labels.csv")
     train.add_argument("--out", type=Path, required=True, help="output folder")
     train.add_argument("--size", type=int, default=224, help="in-plane input size (default 224)")
@@ -799,6 +864,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the networks standardise each input voxel by the training inputs' mean and SD "
         "(stored with the weights; what made SCANet learn the synthetic cohort)",
     )
+    _add_training_choices(train)
+    _add_train_outputs(train)
+
+
+def _add_training_choices(train: argparse.ArgumentParser) -> None:
+    """``train``'s network, schedule and selection options (most of them [ours])."""
     train.add_argument(
         "--depth",
         type=int,
@@ -848,6 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="best",
         help="keep the epoch of the best validation AUC (default) or the last epoch [ours]",
     )
+
+
+def _add_train_outputs(train: argparse.ArgumentParser) -> None:
+    """What ``train`` runs and writes: baselines, the final model, its cache and card."""
     train.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
@@ -858,29 +933,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache", type=Path, help="prepared-input cache (default COHORT/.cache)")
     train.add_argument("--synthetic", action="store_true", help="mark the weights synthetic")
     train.add_argument("--data-description", help="training data, for the card")
-    train.set_defaults(func=_cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="score checkpoints on a held-out cohort")
+
+def _add_model_commands(commands: _Commands) -> None:
+    """``evaluate`` checkpoints on a cohort, ``predict`` one study."""
+    evaluate = commands.add("evaluate", _cmd_evaluate, "score checkpoints on a held-out cohort")
     evaluate.add_argument(
         "--checkpoint", type=Path, action="append", required=True, help="repeatable"
     )
     evaluate.add_argument("--cohort", type=Path, required=True, help="folder with labels.csv")
     evaluate.add_argument("--out", type=Path, help="report folder (default evaluation-COHORT)")
     evaluate.add_argument("--cache", type=Path, help="prepared-input cache")
-    evaluate.set_defaults(func=_cmd_evaluate)
 
-    pred = sub.add_parser("predict", help="prepare one study folder and run the model on it")
+    pred = commands.add("predict", _cmd_predict, "prepare one study folder and run the model on it")
     pred.add_argument("study_dir", type=Path)
     pred.add_argument("--checkpoint", type=Path, help="default: the shipped demo weights")
     pred.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    pred.set_defaults(func=_cmd_predict)
-    # `scanet-node serve --config FILE` as well as `scanet-node --config FILE serve`; SUPPRESS
-    # keeps a subcommand without it from overwriting the global option.
-    for command in sub.choices.values():
-        command.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file"
-        )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,13 +13,17 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from scanet_node.catalog.jobs import JobQueue
+from scanet_node.catalog.jobs import DeliveryInfo, JobInfo, JobQueue
+from scanet_node.catalog.models import DeliveryStatus, JobStatus
 from scanet_node.config import Settings
 from scanet_node.errors import ScanetError
+
+if TYPE_CHECKING:
+    from scanet_node.catalog import Catalog
 
 MARKER = ".scanet-demo"
 PACS_AE = "DEMOPACS"
@@ -152,36 +156,37 @@ def run_demo(
         print(f"demo took {time.perf_counter() - started:.0f} s")
 
 
-def _wait_and_report(catalog: Any, study_uid: str, sent_at: float, timeout: float) -> int:
+def _wait_and_report(catalog: Catalog, study_uid: str, sent_at: float, timeout: float) -> int:
     queue = JobQueue(catalog)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = [j for j in queue.jobs(study_uid) if j.status in ("done", "failed")]
+        done = [j for j in queue.jobs(study_uid) if j.status in (JobStatus.DONE, JobStatus.FAILED)]
         if done:
             job = done[0]
-            if job.status == "failed":
+            if job.status == JobStatus.FAILED:
                 print(f"the analysis failed: {job.reason}")
                 return 1
             deliveries = queue.deliveries(job_id=job.id)
-            if deliveries and all(d.status != "pending" for d in deliveries):
+            if deliveries and all(d.status != DeliveryStatus.PENDING for d in deliveries):
                 return _report(job, deliveries, time.perf_counter() - sent_at)
         time.sleep(0.5)
     print(f"no result after {timeout:.0f} s; see 'scanet-node jobs' and the log (--verbose)")
     return 1
 
 
-def _report(job: Any, deliveries: list[Any], turnaround: float) -> int:
+def _report(job: JobInfo, deliveries: list[DeliveryInfo], turnaround: float) -> int:
     print()
     if job.probability is not None:
         verdict = "recanalization expected" if job.positive else "recanalization not expected"
         print(f"P(mTICI >= 2c) = {100 * job.probability:.1f} %  ({verdict})")
     else:
         print(f"not analysable: {job.reason}")
-    folder = Path(job.results_dir)
-    for name in ("overlay.png", "summary.png"):
-        if (folder / name).is_file():
-            print(f"{name:12}  {folder / name}")
-    print(f"results      {folder}")
+    if job.results_dir is not None:
+        folder = Path(job.results_dir)
+        for name in ("overlay.png", "summary.png"):
+            if (folder / name).is_file():
+                print(f"{name:12}  {folder / name}")
+        print(f"results      {folder}")
     send_seconds = sum(a.seconds for d in deliveries for a in d.attempt_rows if a.ok)
     stages = {**job.timings, "send": send_seconds}
     print(
@@ -198,5 +203,5 @@ def _report(job: Any, deliveries: list[Any], turnaround: float) -> int:
     ok = True
     for d in deliveries:
         print(f"delivery     {d.destination}: {d.status} ({d.last_detail})")
-        ok = ok and d.status == "sent"
+        ok = ok and d.status == DeliveryStatus.SENT
     return 0 if ok else 1

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 
-NCCT_WINDOW_HU = (0.0, 100.0)
-CTA_WINDOW_HU = (-20.0, 600.0)
+#: The soft-tissue windows the intracranial cavity is found in (not the model input's windows).
+BRAIN_NCCT_WINDOW_HU = (0.0, 100.0)
+BRAIN_CTA_WINDOW_HU = (-20.0, 600.0)
 NCCT_SKULL_HU = 300.0
 # Contrast-filled arteries at the skull base reach 300-600 HU; only bone is above this on a CTA.
 CTA_SKULL_HU = 700.0
@@ -156,7 +157,7 @@ def extract_brain(
     hu: npt.NDArray[np.floating],
     affine: npt.ArrayLike,
     *,
-    window_hu: tuple[float, float] = NCCT_WINDOW_HU,
+    window_hu: tuple[float, float] = BRAIN_NCCT_WINDOW_HU,
     skull_hu: float = NCCT_SKULL_HU,
     volume_range_ml: tuple[float, float] | None = VOLUME_RANGE_ML,
     working_mm: float = WORKING_MM,
@@ -238,7 +239,7 @@ def extract_cta_brain(
     return extract_brain(
         hu,
         affine,
-        window_hu=CTA_WINDOW_HU,
+        window_hu=BRAIN_CTA_WINDOW_HU,
         skull_hu=CTA_SKULL_HU,
         volume_range_ml=volume_range_ml,
         working_mm=working_mm,

@@ -7,9 +7,9 @@ combine them. In-plane the grid covers 180 x 180 mm at 0.80 mm, oriented as a
 radiologist reads an axial CT: row 0 anterior, column 0 the patient's right.
 
 The NCCT slab is the mean of its planes; the CTA slab is their maximum (a 5 mm MIP, so
-thin arteries keep their enhancement). Windows (recorded in the model card): NCCT 0..100 HU
-and CTA 0..600 HU, each mapped to 0..1; zero outside the intracranial mask carried from the
-NCCT.
+thin arteries keep their enhancement). Windows (``MODEL_INPUT_*_WINDOW_HU``, recorded in the
+model card): NCCT 0..100 HU and CTA 0..600 HU, each mapped to 0..1; zero outside the
+intracranial mask carried from the NCCT.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanet_node.imaging.template import Grid
+from scanet_node.png import save_png
 
 SLABS = 26
 SIZE = 224
@@ -37,8 +38,9 @@ Y_ANTERIOR_MNI = 73.6
 #: Bumped whenever the input a study gets changes (grid, slab rule, windows, mask), so that
 #: caches of prepared inputs and checkpoints' cards can tell. 2: CTA slabs became 5 mm MIPs.
 INPUT_VERSION = 2
-NCCT_WINDOW_HU = (0.0, 100.0)
-CTA_WINDOW_HU = (0.0, 600.0)
+#: The HU windows of the two channels (not registration's or brain extraction's windows).
+MODEL_INPUT_NCCT_WINDOW_HU = (0.0, 100.0)
+MODEL_INPUT_CTA_WINDOW_HU = (0.0, 600.0)
 
 
 def fine_grid(size: int = SIZE) -> Grid:
@@ -97,8 +99,10 @@ def slab_mask(
     return np.asarray(to_slabs(grown.astype(np.float32)) > 0.0)
 
 
-def window(hu: npt.NDArray[np.floating], low: float, high: float) -> npt.NDArray[np.float32]:
-    """HU clipped to ``[low, high]`` and mapped to 0..1."""
+def window_to_unit(
+    hu: npt.NDArray[np.floating], low: float, high: float
+) -> npt.NDArray[np.float32]:
+    """HU clipped to ``[low, high]`` and mapped to 0..1 (the model input's scaling)."""
     return np.asarray((np.clip(hu, low, high) - low) / (high - low), dtype=np.float32)
 
 
@@ -192,7 +196,10 @@ class ModelInput:
             "cta_series_uid": self.cta_series_uid,
             "shape": list(self.tensor.shape),
             "grid_affine_index_to_mni": self.grid.affine.round(4).tolist(),
-            "windows_hu": {"ncct": list(NCCT_WINDOW_HU), "cta": list(CTA_WINDOW_HU)},
+            "windows_hu": {
+                "ncct": list(MODEL_INPUT_NCCT_WINDOW_HU),
+                "cta": list(MODEL_INPUT_CTA_WINDOW_HU),
+            },
             "reasons": self.reasons,
             "qc": self.qc,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -211,8 +218,6 @@ def montage(
 
 def save(model_input: ModelInput, out_dir: Path) -> dict[str, Path]:
     """Write ``model_input.npz`` (tensor and grid), ``model_input.json`` and a PNG montage."""
-    from scanet_node.synth.render import write_png
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "tensor": out_dir / "model_input.npz",
@@ -223,5 +228,5 @@ def save(model_input: ModelInput, out_dir: Path) -> dict[str, Path]:
         paths["tensor"], tensor=model_input.tensor, grid_affine=model_input.grid.affine
     )
     paths["metadata"].write_text(json.dumps(model_input.metadata(), indent=2))
-    write_png(paths["png"], montage(model_input.tensor))
+    save_png(montage(model_input.tensor), paths["png"])
     return paths

@@ -27,15 +27,15 @@ from scanet_node.errors import ImagingError
 from scanet_node.imaging.brain import BrainExtractionError, extract_brain
 from scanet_node.imaging.classify import ClassificationRules, choose_series, image_evidence
 from scanet_node.imaging.model_input import (
-    CTA_WINDOW_HU,
-    NCCT_WINDOW_HU,
+    MODEL_INPUT_CTA_WINDOW_HU,
+    MODEL_INPUT_NCCT_WINDOW_HU,
     SIZE,
     ModelInput,
     fine_grid,
     slab_grid,
     slab_mask,
     to_slabs,
-    window,
+    window_to_unit,
 )
 from scanet_node.imaging.ncct_cache import NcctCache, PreparedNcct
 from scanet_node.imaging.ncct_cache import signature as ncct_signature
@@ -298,6 +298,6 @@ def prepare(
 
 def _tensor(registration: Any, grid: Any) -> npt.NDArray[np.float32]:
     inside = slab_mask(registration.brain_mask, grid, MASK_MARGIN_MM)
-    ncct = window(to_slabs(registration.ncct), *NCCT_WINDOW_HU)
-    cta = window(to_slabs(registration.cta, "max"), *CTA_WINDOW_HU)
+    ncct = window_to_unit(to_slabs(registration.ncct), *MODEL_INPUT_NCCT_WINDOW_HU)
+    cta = window_to_unit(to_slabs(registration.cta, "max"), *MODEL_INPUT_CTA_WINDOW_HU)
     return np.stack([np.where(inside, ncct, 0.0), np.where(inside, cta, 0.0)]).astype(np.float32)

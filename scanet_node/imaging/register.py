@@ -19,15 +19,15 @@ matrices (and, for SyN, displacement fields), so that mapping points or volumes 
 ANTs, and writes them back out as ANTs transform files when asked.
 
 ``ants`` is imported inside the functions (STYLE: heavy imports where used). ANTs' thread count
-comes from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, read when ITK first starts; ``register``
-sets it when asked (``threads``) before the first import. antspyx 0.6.3 ignores the
-``random_seed`` argument of ``ants.registration``; the seed goes in through ``ants.config``.
+comes from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` in the process's environment, read when ITK
+first starts (antspyx 0.6.3 has no call that sets it), so it is the process that runs a
+registration that chooses it, never this module. antspyx 0.6.3 ignores the ``random_seed``
+argument of ``ants.registration``; the seed goes in through ``ants.config``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -57,12 +57,13 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 Method = Literal["affine", "syn"]
 
-#: MNI RAS mm <-> ITK physical (LPS) mm; its own inverse.
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: MNI RAS mm <-> ITK physical (LPS) mm as a 4x4 affine; its own inverse.
+RAS_TO_LPS_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 REGISTRATION_MM = 2.0
-NCCT_WINDOW_HU = (0.0, 100.0)
-CTA_WINDOW_HU = (0.0, 150.0)  # arteries clip at 150 with the inner table
+#: The HU windows the registration metrics see (not the model input's: model_input.py).
+REGISTRATION_NCCT_WINDOW_HU = (0.0, 100.0)
+REGISTRATION_CTA_WINDOW_HU = (0.0, 150.0)  # arteries clip at 150 with the inner table
 HEAD_MARGIN_MM = 5.0
 SIMILARITY_MARGIN_MM = 6.0
 # Calibrated on synthetic studies: correct registrations score 0.92 (512 x 512) and 0.86
@@ -163,16 +164,16 @@ class StudyTransform:
             p = _apply(self._cta_to_ncct(), p)
         elif source != "ncct":
             raise ValueError(f"source must be 'ncct' or 'cta', not {source!r}")
-        z = _apply(RAS_TO_LPS @ self.ncct_to_mni, p)  # template LPS, affine part
+        z = _apply(RAS_TO_LPS_AFFINE @ self.ncct_to_mni, p)  # template LPS, affine part
         if self.inverse_warp is not None:
             z = z + self.inverse_warp.at(z)
-        return _apply(RAS_TO_LPS, z).reshape(shape)
+        return _apply(RAS_TO_LPS_AFFINE, z).reshape(shape)
 
     def mni_to_patient(self, points_mni: npt.ArrayLike, target: str = "ncct") -> FloatArray:
         """Patient mm (LPS) in the NCCT's or the CTA's frame of MNI points (RAS) ``(..., 3)``."""
         x = np.asarray(points_mni, dtype=np.float64)
         shape = x.shape
-        x = _apply(RAS_TO_LPS, x.reshape(-1, 3))
+        x = _apply(RAS_TO_LPS_AFFINE, x.reshape(-1, 3))
         if self.warp is not None:
             x = x + self.warp.at(x)
         p = _apply(self.template_to_ncct_lps, x)
@@ -185,7 +186,7 @@ class StudyTransform:
     @property
     def template_to_ncct_lps(self) -> FloatArray:
         """4x4 template LPS mm -> NCCT LPS mm: the ITK (fixed -> moving) affine."""
-        return _inv(RAS_TO_LPS @ self.ncct_to_mni)
+        return _inv(RAS_TO_LPS_AFFINE @ self.ncct_to_mni)
 
     def _cta_to_ncct(self) -> FloatArray:
         if self.cta_to_ncct is None:
@@ -409,7 +410,7 @@ def from_ants(image: ants.ANTsImage) -> tuple[npt.NDArray[np.float32], FloatArra
 def grid_to_ants(grid: Grid, array: npt.NDArray[np.generic] | None = None) -> ants.ANTsImage:
     """ANTsImage on a template grid (MNI RAS affine -> ITK's LPS); zeros unless ``array``."""
     data = np.zeros(grid.shape, np.float32) if array is None else array
-    return to_ants(data, RAS_TO_LPS @ grid.affine)
+    return to_ants(data, RAS_TO_LPS_AFFINE @ grid.affine)
 
 
 def _itk_affine_to_matrix(transform: Any) -> FloatArray:
@@ -523,7 +524,7 @@ def rigid_target(
 ) -> RigidTarget:
     """The fixed image of :func:`register_cta_to_ncct` (``ncct_head`` on the NCCT grid)."""
     na = np.asarray(ncct_affine, dtype=np.float64)
-    image, affine = _reduced(ncct_hu, na, REGISTRATION_MM, window=CTA_WINDOW_HU)
+    image, affine = _reduced(ncct_hu, na, REGISTRATION_MM, window=REGISTRATION_CTA_WINDOW_HU)
     head_small = block_reduce(ncct_head, block_factors(voxel_sizes(na), REGISTRATION_MM), "any")
     head = _dilate(np.asarray(head_small, dtype=bool), HEAD_MARGIN_MM, affine)
     return RigidTarget(image, np.asarray(head, dtype=bool), affine)
@@ -557,7 +558,9 @@ def register_cta_to_ncct(
             raise ValueError("an NCCT given as HU needs its affine and head mask")
         target = rigid_target(ncct_hu, ncct_affine, ncct_head)
     ca = np.asarray(cta_affine, dtype=np.float64)
-    moving_arr, moving_aff = _reduced(cta_hu, ca, REGISTRATION_MM, window=CTA_WINDOW_HU)
+    moving_arr, moving_aff = _reduced(
+        cta_hu, ca, REGISTRATION_MM, window=REGISTRATION_CTA_WINDOW_HU
+    )
     fixed = to_ants(target.image, target.affine)
     moving = to_ants(moving_arr, moving_aff)
     mask = to_ants(target.mask.astype(np.float32), target.affine)
@@ -601,8 +604,10 @@ def register_ncct_to_template(
     ants = _seed_ants(seed)
     tmpl = template if template is not None else load_template()
     na = np.asarray(ncct_affine, dtype=np.float64)
-    fixed = _template_image(tmpl, NCCT_WINDOW_HU)
-    moving = to_ants(*_reduced(ncct_hu, na, REGISTRATION_MM, window=NCCT_WINDOW_HU, mask=brain))
+    fixed = _template_image(tmpl, REGISTRATION_NCCT_WINDOW_HU)
+    moving = to_ants(
+        *_reduced(ncct_hu, na, REGISTRATION_MM, window=REGISTRATION_NCCT_WINDOW_HU, mask=brain)
+    )
     if method not in ("affine", "syn"):
         raise ValueError(f"method must be 'affine' or 'syn', not {method!r}")
     with _workdir(workdir) as tmp:
@@ -625,7 +630,7 @@ def register_ncct_to_template(
             )
     transform = StudyTransform(
         method=method,
-        ncct_to_mni=RAS_TO_LPS @ _inv(tmpl_to_ncct),
+        ncct_to_mni=RAS_TO_LPS_AFFINE @ _inv(tmpl_to_ncct),
         warp=warp,
         inverse_warp=inverse_warp,
     )
@@ -643,10 +648,12 @@ def similarity_to_template(
     """The QC similarity (see :class:`Registration`) of an NCCT placed by a given affine."""
     ants = _ants()
     tmpl = template if template is not None else load_template()
-    fixed = _template_image(tmpl, NCCT_WINDOW_HU)
+    fixed = _template_image(tmpl, REGISTRATION_NCCT_WINDOW_HU)
     na = np.asarray(ncct_affine, dtype=np.float64)
-    moving = to_ants(*_reduced(ncct_hu, na, REGISTRATION_MM, window=NCCT_WINDOW_HU, mask=brain))
-    tmpl_to_ncct = _inv(RAS_TO_LPS @ np.asarray(ncct_to_mni, dtype=np.float64))
+    moving = to_ants(
+        *_reduced(ncct_hu, na, REGISTRATION_MM, window=REGISTRATION_NCCT_WINDOW_HU, mask=brain)
+    )
+    tmpl_to_ncct = _inv(RAS_TO_LPS_AFFINE @ np.asarray(ncct_to_mni, dtype=np.float64))
     with _workdir(None) as tmp:
         path = str(tmp / "placed.mat")
         _write_matrix(tmpl_to_ncct, path)
@@ -824,7 +831,6 @@ def register(
     min_similarity: float | None = MIN_SIMILARITY,
     cta_same_frame: bool = False,
     seed: int | None = DEFAULT_SEED,
-    threads: int | None = None,
 ) -> Registration:
     """Register a study's NCCT (and CTA) to the CT template and resample both onto ``grid``.
 
@@ -853,9 +859,6 @@ def register(
         identity (see :func:`register_cta_to_ncct`).
     seed
         ANTs' random seed (metric sampling).
-    threads
-        Sets ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when ITK has not started yet; 1 makes
-        results bit-reproducible.
 
     Raises
     ------
@@ -865,8 +868,6 @@ def register(
         ``registration_dissimilar`` (see ``min_similarity``), ``non_orthogonal_grid`` for a
         sheared (gantry-tilted) volume that was not resampled first.
     """
-    if threads is not None:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     t0 = time.perf_counter()
     half = register_ncct(
         ncct_hu,

@@ -46,9 +46,18 @@ def preprocessing(size: int) -> dict[str, Any]:
         "pixel_mm": round(mi.FOV_MM / size, 4),
         "fov_mm": mi.FOV_MM,
         "channels": ["NCCT", "CTA"],
-        "windows_hu": {"ncct": list(mi.NCCT_WINDOW_HU), "cta": list(mi.CTA_WINDOW_HU)},
+        "windows_hu": {
+            "ncct": list(mi.MODEL_INPUT_NCCT_WINDOW_HU),
+            "cta": list(mi.MODEL_INPUT_CTA_WINDOW_HU),
+        },
         "outside_brain": 0.0,
     }
+
+
+def data_description(cases: int, cohort: str, *, synthetic: bool) -> str:
+    """The card's line on the training data when the user gives none: its size and cohort."""
+    text = f"{cases} cases of cohort {cohort}"
+    return text + (" (SYNTHETIC: scanet-node synth, no patient data)" if synthetic else "")
 
 
 @dataclass

@@ -161,6 +161,19 @@ def youden_threshold(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> flo
     return best
 
 
+def final_threshold(
+    cv_probabilities: npt.ArrayLike | None, labels: npt.ArrayLike, default: float = 0.5
+) -> float:
+    """The decision threshold a final model's card records.
+
+    Youden's point (:func:`youden_threshold`) of the cross-validated probabilities of the
+    cohort's ``labels``; ``default`` when there was no cross-validation (``None``).
+    """
+    if cv_probabilities is None:
+        return default
+    return youden_threshold(cv_probabilities, labels)
+
+
 def summarise(per_fold: Sequence[Metrics]) -> dict[str, tuple[float, float]]:
     """Mean and (sample) standard deviation of each metric over folds."""
     out = {}

@@ -105,6 +105,19 @@ class Predictor:
             "device": str(self.device),
         }
 
+    def document(self, study_instance_uid: str, prediction: Prediction) -> dict[str, Any]:
+        """The JSON-able answer for one study (``scanet-node predict`` prints it), rounded to
+        4 places, with what model gave it."""
+        return {
+            "study_instance_uid": study_instance_uid,
+            "probability_mtici_2c_3": round(prediction.probability, 4),
+            "recanalization_expected": prediction.positive,
+            "threshold": round(prediction.threshold, 4),
+            "top_slice": prediction.top_slice,
+            "slice_weights": [round(float(w), 4) for w in prediction.slice_weights],
+            "model": self.describe(),
+        }
+
     def predict(self, model_input: ModelInput | npt.NDArray[np.floating]) -> Prediction:
         """Run the model on one study (a ``ModelInput`` or its ``2 x 26 x S x S`` tensor)."""
         tensor = model_input.tensor if isinstance(model_input, ModelInput) else model_input

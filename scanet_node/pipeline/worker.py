@@ -29,6 +29,7 @@ from scanet_node.catalog.jobs import AttemptInfo, DeliveryInfo, JobInfo, JobQueu
 from scanet_node.catalog.models import DeliveryStatus
 from scanet_node.config import Settings
 from scanet_node.errors import CheckpointError
+from scanet_node.logs import configure_logging
 
 if TYPE_CHECKING:
     from scanet_node.model.predictor import Predictor
@@ -615,7 +616,5 @@ def run_worker(settings: Settings, stop: Any = None, *, parent_pid: int | None =
 def worker_process_main(settings: Settings, log_level: str, serve_pid: int) -> None:
     """Entry point of the worker process ``serve`` (pid ``serve_pid``) starts (multiprocessing,
     spawn); it stops when serve is gone."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    configure_logging(log_level)
     run_worker(settings, parent_pid=serve_pid)

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from scanet_node.catalog.models import JobOutcome
 from scanet_node.config import RESULTS_SERIES_NUMBER
+from scanet_node.png import save_png
 from scanet_node.results import _common
 from scanet_node.results.types import (
     AnalysisResult,
@@ -154,15 +155,10 @@ def build_summary(
 
 def write_png(ds: Dataset, path: Path) -> Path:
     """Save a Secondary Capture's pixels (RGB or grey, 8 bit) as a PNG; return ``path``."""
-    from PIL import Image
-
     pixels = ds.pixel_array
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
         raise ResultsError(f"{ds.SOPInstanceUID}: not an 8-bit single-frame image")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="PNG")
-    return path
+    return save_png(pixels, path)
 
 
 def _probability_line(result: AnalysisResult) -> str:

@@ -33,15 +33,15 @@ import numpy.typing as npt
 from scipy import ndimage as ndi  # type: ignore[import-untyped,unused-ignore]
 
 from scanet_node.imaging.model_input import (
-    CTA_WINDOW_HU,
-    NCCT_WINDOW_HU,
+    MODEL_INPUT_CTA_WINDOW_HU,
+    MODEL_INPUT_NCCT_WINDOW_HU,
     PLANES_PER_SLAB,
     SLAB_MM,
     Z_BOTTOM_MNI,
     fine_grid,
     slab_mask,
     to_slabs,
-    window,
+    window_to_unit,
 )
 from scanet_node.synth.cohort import (
     _LABEL_COLUMNS,
@@ -120,8 +120,8 @@ def template_input(
     channels = []
     inside = np.empty((planes, size, size), dtype=bool)
     for phase, sigma, win, how in (
-        ("ncct", NCCT_PLANE_NOISE_HU, NCCT_WINDOW_HU, "mean"),
-        ("cta", CTA_PLANE_NOISE_HU, CTA_WINDOW_HU, "max"),
+        ("ncct", NCCT_PLANE_NOISE_HU, MODEL_INPUT_NCCT_WINDOW_HU, "mean"),
+        ("cta", CTA_PLANE_NOISE_HU, MODEL_INPUT_CTA_WINDOW_HU, "max"),
     ):
         fine = np.empty((planes, size, size), dtype=np.float32)
         for k in range(planes):
@@ -142,7 +142,7 @@ def template_input(
             fine = ndi.gaussian_filter(fine, (sigma_z, sigma_px, sigma_px), mode="nearest")
         if noise:
             fine += noise_rng.normal(0.0, sigma, fine.shape).astype(np.float32)
-        channels.append(window(to_slabs(fine, how), *win))
+        channels.append(window_to_unit(to_slabs(fine, how), *win))
     mask = slab_mask(ndi.binary_erosion(inside), grid, MASK_MARGIN_MM)
     tensor = np.stack([np.where(mask, c, 0.0) for c in channels]).astype(np.float32)
     assert tensor.shape[1] * PLANES_PER_SLAB == planes

@@ -1,43 +1,25 @@
 """PNG renderings of a written synthetic study, for people to look at.
 
 Reads the DICOM files back (so it shows what a viewer would show) and writes
-8-bit PNGs with a small encoder of its own: no imaging library needed.
+8-bit PNGs (:func:`scanet_node.png.save_png`).
 """
 
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
 
-
-def write_png(path: Path, image: npt.NDArray[np.uint8]) -> Path:
-    """Write a greyscale (H, W) or RGB (H, W, 3) uint8 image as PNG."""
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError("write_png needs a uint8 (H, W) or (H, W, 3) array")
-    height, width = image.shape[:2]
-    colour_type = 0 if image.ndim == 2 else 2
-    rows = image.reshape(height, -1)
-    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    path.write_bytes(png)
-    return path
+from scanet_node.png import save_png
 
 
-def window(hu: npt.NDArray[np.floating], center: float, width: float) -> npt.NDArray[np.uint8]:
-    """Map HU to 0..255 through a display window."""
+def display_window(
+    hu: npt.NDArray[np.floating], center: float, width: float
+) -> npt.NDArray[np.uint8]:
+    """Map HU to 0..255 through a display window (DICOM's Window Center and Width)."""
     low = center - width / 2
     scaled: npt.NDArray[np.float32] = (np.asarray(hu, dtype=np.float32) - low) / width * 255.0
     return np.clip(scaled, 0, 255).astype(np.uint8)
@@ -73,11 +55,11 @@ def render_study(study_dir: Path, out_dir: Path | None = None) -> list[Path]:
             volume, positions = load_series_hu(folder)
             index = int(np.argmin(np.abs(positions[:, 2] - clot_z)))
             written.append(
-                write_png(out_dir / "ncct_clot_slice.png", window(volume[index], 40, 80))
+                save_png(display_window(volume[index], 40, 80), out_dir / "ncct_clot_slice.png")
             )
         elif series["role"] == "cta":
             volume, positions = load_series_hu(folder)
             near = np.abs(positions[:, 2] - clot_z) <= 12.0
             mip = volume[near].max(axis=0) if near.any() else volume.max(axis=0)
-            written.append(write_png(out_dir / "cta_mip_clot.png", window(mip, 200, 700)))
+            written.append(save_png(display_window(mip, 200, 700), out_dir / "cta_mip_clot.png"))
     return written

@@ -180,10 +180,10 @@ def main() -> int:
 
     # SimpleITK's rigid on exactly the images the ANTs rigid sees.
     fixed_arr, fixed_aff = reg._reduced(
-        ncct, ncct_aff, reg.REGISTRATION_MM, window=reg.CTA_WINDOW_HU
+        ncct, ncct_aff, reg.REGISTRATION_MM, window=reg.REGISTRATION_CTA_WINDOW_HU
     )
     moving_arr, moving_aff = reg._reduced(
-        cta, cta_aff, reg.REGISTRATION_MM, window=reg.CTA_WINDOW_HU
+        cta, cta_aff, reg.REGISTRATION_MM, window=reg.REGISTRATION_CTA_WINDOW_HU
     )
     head = block_reduce(
         brain.cavity | brain.skull, block_factors(voxel_sizes(ncct_aff), reg.REGISTRATION_MM), "any"

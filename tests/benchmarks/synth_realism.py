@@ -147,9 +147,10 @@ def landmark_table(studies: int, seed: int, small: bool, workers: int) -> None:
 def render(out: Path) -> None:
     """PNGs for people: CTA MIPs by collateral grade, NCCTs of three patients (seed 1, studies
     0-2, as drawn: their manifests give age, atrophy and the ASPECTS regions affected)."""
+    from scanet_node.png import save_png
     from scanet_node.synth.cohort import images_stream, occlusion_of
     from scanet_node.synth.phantom import Phantom
-    from scanet_node.synth.render import window, write_png
+    from scanet_node.synth.render import display_window
 
     out.mkdir(parents=True, exist_ok=True)
     base = _plan(
@@ -179,10 +180,10 @@ def render(out: Path) -> None:
                     anatomy.cavity_mask, head
                 )
                 mip = np.maximum(mip, np.where(inside & (hu < 700.0), hu, -1000.0))
-            panels.append(window(mip, 150.0, 500.0))
+            panels.append(display_window(mip, 150.0, 500.0))
         gap = np.zeros((len(zs), 8), dtype=np.uint8)
-        write_png(
-            out / f"cta_mip_grade{grade}.png", np.concatenate([panels[-2], gap, panels[-1]], 1)
+        save_png(
+            np.concatenate([panels[-2], gap, panels[-1]], 1), out / f"cta_mip_grade{grade}.png"
         )
 
     rows = []
@@ -198,10 +199,11 @@ def render(out: Path) -> None:
                 slab += phantom.sample(head, "ncct") / 5.0
             rng = np.random.default_rng(index)
             slab += rng.normal(0.0, 2.5, slab.shape).astype(np.float32)
-            row.append(window(slab[:, ::-1], 40.0, 80.0))  # radiological: patient's left right
+            # radiological: the patient's left on the right
+            row.append(display_window(slab[:, ::-1], 40.0, 80.0))
             row.append(np.zeros((len(yy), 6), dtype=np.uint8))
         rows.append(np.concatenate(row[:-1], 1))
-    write_png(out / "ncct_three_patients.png", np.concatenate(rows, 0))
+    save_png(np.concatenate(rows, 0), out / "ncct_three_patients.png")
     print(f"\npictures written to {out}")
 
 
