@@ -25,7 +25,8 @@ import numpy.typing as npt
 
 from scanet_node.errors import ImagingError
 from scanet_node.imaging.brain import BrainExtractionError, extract_brain
-from scanet_node.imaging.classify import ClassificationRules, choose_series, image_evidence
+from scanet_node.imaging.classify import ClassificationRules
+from scanet_node.imaging.classify_read import choose_series, image_evidence
 from scanet_node.imaging.model_input import (
     CTA_WINDOW_HU,
     NCCT_WINDOW_HU,
