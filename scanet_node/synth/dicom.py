@@ -561,17 +561,30 @@ def _image_template(
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     if acq.contrast:
-        bolus_start = series_time - timedelta(seconds=18)
-        ds.ContrastBolusAgent = CONTRAST_AGENT
-        ds.ContrastBolusRoute = "IV"
-        ds.ContrastBolusVolume = "60"
-        ds.ContrastBolusStartTime = as_tm(bolus_start)
-        ds.ContrastBolusTotalDose = "21"
-        ds.ContrastFlowRate = ["5"]
-        ds.ContrastFlowDuration = ["12"]
-        ds.ContrastBolusIngredient = "IODINE"
-        ds.ContrastBolusIngredientConcentration = "350"
-    # CT acquisition and reconstruction
+        _set_contrast_bolus(ds, series_time)
+    _set_ct_acquisition(ds, study, acq, geometry)
+    _set_image_plane_and_pixels(ds, acq, geometry)
+    return ds
+
+
+def _set_contrast_bolus(ds: Dataset, series_time: datetime) -> None:
+    """Contrast/Bolus module (PS3.3 C.7.6.4): the iodine injected 18 s before the series."""
+    bolus_start = series_time - timedelta(seconds=18)
+    ds.ContrastBolusAgent = CONTRAST_AGENT
+    ds.ContrastBolusRoute = "IV"
+    ds.ContrastBolusVolume = "60"
+    ds.ContrastBolusStartTime = as_tm(bolus_start)
+    ds.ContrastBolusTotalDose = "21"
+    ds.ContrastFlowRate = ["5"]
+    ds.ContrastFlowDuration = ["12"]
+    ds.ContrastBolusIngredient = "IODINE"
+    ds.ContrastBolusIngredientConcentration = "350"
+
+
+def _set_ct_acquisition(
+    ds: Dataset, study: _Study, acq: Acquisition, geometry: SeriesGeometry
+) -> None:
+    """CT Image module (PS3.3 C.8.2.1): acquisition and reconstruction, dose index."""
     ds.SliceThickness = as_ds(geometry.slice_thickness)
     ds.SpacingBetweenSlices = as_ds(geometry.spacing_between_slices)
     ds.KVP = as_ds(acq.kvp)
@@ -601,7 +614,10 @@ def _image_template(
         ds.CTDIPhantomTypeCodeSequence = DicomSequence(
             [code("113690", "DCM", "IEC Head Dosimetry Phantom")]
         )
-    # Image plane and pixels
+
+
+def _set_image_plane_and_pixels(ds: Dataset, acq: Acquisition, geometry: SeriesGeometry) -> None:
+    """Image Plane and Image Pixel attributes shared by the series, the HU rescale and window."""
     ds.ImageOrientationPatient = [as_ds(v) for v in geometry.image_orientation]
     ds.PixelSpacing = [as_ds(v) for v in geometry.pixel_spacing]
     ds.SliceLocation = "0"
@@ -620,7 +636,6 @@ def _image_template(
     ds.RescaleIntercept = str(RESCALE_INTERCEPT)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    return ds
 
 
 def _write_image(
