@@ -242,7 +242,7 @@ def rules_from_settings(settings: ImagingSettings) -> ClassificationRules:
 
 @dataclass(frozen=True)
 class ImageEvidence:
-    """What the pixels of a series say (see :func:`image_evidence`).
+    """What the pixels of a series say (see :func:`.classify_read.image_evidence`).
 
     ``vessel_fraction`` is the fraction of intracranial voxels at 150-500 HU, measured in the
     slices whose skull ring closes; ``skull_coverage_mm`` the length of the series over which it
