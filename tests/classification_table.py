@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from scanet_node.imaging.classify import classify_files
+from scanet_node.imaging.classify_read import classify_files
 from scanet_node.synth.cohort import VARIANTS, plan_study, write_study
 
 #: Tags a site may leave out or fill with anything: what "without descriptive tags" removes.

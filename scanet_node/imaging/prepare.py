@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import numpy.typing as npt
 
 from scanet_node.errors import ImagingError
 from scanet_node.imaging.brain import BrainExtractionError, extract_brain
-from scanet_node.imaging.classify import ClassificationRules, choose_series, image_evidence
+from scanet_node.imaging.classify import ClassificationRules
+from scanet_node.imaging.classify_read import choose_series, image_evidence
 from scanet_node.imaging.model_input import (
     MODEL_INPUT_CTA_WINDOW_HU,
     MODEL_INPUT_NCCT_WINDOW_HU,
@@ -43,6 +45,7 @@ from scanet_node.imaging.qc import MIN_BRAIN_COVERAGE, NotAnalysable, brain_cove
 from scanet_node.imaging.register import (
     MIN_SIMILARITY,
     Method,
+    Registration,
     RegistrationError,
     register_cta,
     register_ncct,
@@ -193,50 +196,133 @@ def prepare(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     load = _CachedLoader()
+    chosen = _choose_ncct_and_cta(study_dir, rules, load)
+    # The CTA first: its NCCT may be being prepared meanwhile (pipeline/worker.py).
+    t = time.perf_counter()
+    # Only ever used resampled onto the model's grid: averaged to its finest spacing as it
+    # is decoded (a quarter of the memory and of the work that follows for a 512 x 512 CTA).
+    cta = _load(load, chosen.cta_paths, min(fine_grid(size).spacing))
+    timings["load"] = time.perf_counter() - t
+    ncct = _ncct_half(chosen, load, ncct_cache, method, size, min_similarity, timings)
+    reasons = [*chosen.reasons, *ncct.reasons]
+    reasons += [f"CTA: {c}" for c in cta.corrections]
+    reasons += [f"CTA: problem: {p}" for p in cta.problems]
+    registration, coverage = _cta_half(ncct, cta, timings)
+    del cta
+    load.forget(chosen.cta_paths)
+
+    t = time.perf_counter()
+    tensor = _tensor(registration, fine_grid(size))
+    timings["tensor"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+    qc: dict[str, Any] = {
+        "head": ncct.head,
+        "brain_volume_ml": round(registration.brain_volume_ml, 1),
+        "registration_similarity": round(float(registration.similarity), 4),
+        "min_similarity": min_similarity,
+        "brain_coverage": {k: round(v, 4) for k, v in coverage.items()},
+        "method": method,
+    }
+    logger.info(
+        "prepared study %s: similarity %.3f, coverage NCCT %.0f%% CTA %.0f%%, %.1f s%s",
+        chosen.study_uid,
+        registration.similarity,
+        100 * coverage["ncct"],
+        100 * coverage["cta"],
+        timings["total"],
+        " (NCCT prepared before)" if timings["ncct_cached"] else "",
+        extra={"study_uid": chosen.study_uid},
+    )
+    return ModelInput(
+        tensor=tensor,
+        grid=slab_grid(size),
+        study_instance_uid=ncct.study_instance_uid,
+        ncct_series_uid=chosen.ncct_uid,
+        cta_series_uid=chosen.cta_uid,
+        reasons=reasons,
+        qc=qc,
+        registration=registration,
+        ncct_shape=ncct.shape,
+        ncct_affine=ncct.affine,
+        timings=timings,
+    )
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    """The study's NCCT and CTA as classification chose them, and its reasons."""
+
+    study_uid: str
+    ncct_uid: str
+    cta_uid: str
+    ncct_paths: tuple[Path, ...]
+    cta_paths: tuple[Path, ...]
+    reasons: tuple[str, ...]
+
+
+def _choose_ncct_and_cta(
+    study_dir: Path, rules: ClassificationRules | None, load: _CachedLoader
+) -> _Chosen:
+    """Classify the study's series and choose its NCCT and CTA; refuse when one is missing."""
     series = find_series(study_dir)
     selection = choose_series(study_dir, rules, load=load, found=series)
-    reasons = list(selection.reasons)
+    reasons = selection.reasons
     if selection.ncct_uid is None:
         raise NotAnalysable("no_ncct", "; ".join(reasons) or "the study holds no series")
     if selection.cta_uid is None:
         raise NotAnalysable("no_cta", "; ".join(reasons))
     found = {s.series_instance_uid: s for s in series}
-    ncct_paths = found[selection.ncct_uid].paths
-    study_uid = str(found[selection.ncct_uid].header.get("StudyInstanceUID", ""))
-    # The CTA first: its NCCT may be being prepared meanwhile (pipeline/worker.py).
-    t = time.perf_counter()
-    # Only ever used resampled onto the model's grid: averaged to its finest spacing as it
-    # is decoded (a quarter of the memory and of the work that follows for a 512 x 512 CTA).
-    cta = _load(load, found[selection.cta_uid].paths, min(fine_grid(size).spacing))
-    timings["load"] = time.perf_counter() - t
+    return _Chosen(
+        study_uid=str(found[selection.ncct_uid].header.get("StudyInstanceUID", "")),
+        ncct_uid=selection.ncct_uid,
+        cta_uid=selection.cta_uid,
+        ncct_paths=found[selection.ncct_uid].paths,
+        cta_paths=found[selection.cta_uid].paths,
+        reasons=reasons,
+    )
+
+
+def _ncct_half(
+    chosen: _Chosen,
+    load: _CachedLoader,
+    ncct_cache: NcctCache | None,
+    method: Method,
+    size: int,
+    min_similarity: float,
+    timings: dict[str, float],
+) -> PreparedNcct:
+    """The NCCT's half: from the cache when a worker prepared it ahead, else prepared now."""
     ncct: PreparedNcct | None = None
     key = None
     if ncct_cache is not None:
         key = ncct_signature(
-            ncct_paths, series_instance_uid=selection.ncct_uid, method=method, size=size
+            chosen.ncct_paths, series_instance_uid=chosen.ncct_uid, method=method, size=size
         )
         t = time.perf_counter()
-        ncct = ncct_cache.wait(study_uid, key, NCCT_WAIT_SECONDS)
+        ncct = ncct_cache.wait(chosen.study_uid, key, NCCT_WAIT_SECONDS)
         timings["ncct_wait"] = time.perf_counter() - t
         if ncct is not None and ncct.registration.similarity < min_similarity:
             ncct = None  # prepared under a lower [imaging] min_registration_similarity
     timings["ncct_cached"] = float(ncct is not None)
     if ncct is not None:  # the seconds its preparation took, before this call
         timings["ncct_ahead"] = round(sum(ncct.timings.values()), 3)
-    if ncct is None:
-        t = time.perf_counter()
-        volume = _load(load, ncct_paths)
-        timings["load"] += time.perf_counter() - t
-        ncct = prepare_ncct(volume, method=method, size=size, min_similarity=min_similarity)
-        timings.update(ncct.timings)  # a cached NCCT's were spent before the job
-        del volume
-        load.forget(ncct_paths)
-        if ncct_cache is not None and key is not None:
-            ncct_cache.put(key, ncct)
-    reasons += ncct.reasons
-    reasons += [f"CTA: {c}" for c in cta.corrections]
-    reasons += [f"CTA: problem: {p}" for p in cta.problems]
+        return ncct
+    t = time.perf_counter()
+    volume = _load(load, chosen.ncct_paths)
+    timings["load"] += time.perf_counter() - t
+    ncct = prepare_ncct(volume, method=method, size=size, min_similarity=min_similarity)
+    timings.update(ncct.timings)  # a cached NCCT's were spent before the job
+    del volume
+    load.forget(chosen.ncct_paths)
+    if ncct_cache is not None and key is not None:
+        ncct_cache.put(key, ncct)
+    return ncct
 
+
+def _cta_half(
+    ncct: PreparedNcct, cta: Volume, timings: dict[str, float]
+) -> tuple[Registration, dict[str, float]]:
+    """CTA -> NCCT on top of the NCCT's half, and the brain coverage of both series."""
     t = time.perf_counter()
     # One Frame of Reference (one session): the rigid search starts where the CTA lies.
     same_frame = bool(ncct.frame_of_reference_uid) and (
@@ -255,45 +341,7 @@ def prepare(
         ),
     }
     _check_coverage("cta", coverage["cta"])
-    del cta
-    load.forget(found[selection.cta_uid].paths)
-
-    t = time.perf_counter()
-    grid = fine_grid(size)
-    tensor = _tensor(registration, grid)
-    timings["tensor"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - started
-    qc: dict[str, Any] = {
-        "head": ncct.head,
-        "brain_volume_ml": round(registration.brain_volume_ml, 1),
-        "registration_similarity": round(float(registration.similarity), 4),
-        "min_similarity": min_similarity,
-        "brain_coverage": {k: round(v, 4) for k, v in coverage.items()},
-        "method": method,
-    }
-    logger.info(
-        "prepared study %s: similarity %.3f, coverage NCCT %.0f%% CTA %.0f%%, %.1f s%s",
-        study_uid,
-        registration.similarity,
-        100 * coverage["ncct"],
-        100 * coverage["cta"],
-        timings["total"],
-        " (NCCT prepared before)" if timings["ncct_cached"] else "",
-        extra={"study_uid": study_uid},
-    )
-    return ModelInput(
-        tensor=tensor,
-        grid=slab_grid(size),
-        study_instance_uid=ncct.study_instance_uid,
-        ncct_series_uid=selection.ncct_uid,
-        cta_series_uid=selection.cta_uid,
-        reasons=reasons,
-        qc=qc,
-        registration=registration,
-        ncct_shape=ncct.shape,
-        ncct_affine=ncct.affine,
-        timings=timings,
-    )
+    return registration, coverage
 
 
 def _tensor(registration: Any, grid: Any) -> npt.NDArray[np.float32]:

@@ -18,9 +18,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode_file_meta
 
-from scanet_node.catalog import Catalog, InstanceRecord, utcnow
+from scanet_node.catalog import Catalog, InstanceRecord, RecordOutcome, utcnow
 from scanet_node.errors import IngestError
-from scanet_node.ingest.parse import decode_elements, identify
+from scanet_node.ingest.parse import Identity, decode_elements, identify
 from scanet_node.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
 from scanet_node.ingest.uids import check_uid
 
@@ -271,6 +271,11 @@ class StoreService:
         return status
 
     def _store(self, event: Any) -> int | Dataset:
+        """Validate the identifying UIDs, write the bytes durably, commit one catalog row.
+
+        Every refusal is its own status with the reason. A file whose catalog row conflicts
+        is discarded; one whose commit failed stays (harmless: the peer sends it again).
+        """
         request = event.request
         transfer_syntax = str(event.context.transfer_syntax)
         body = event.encoded_dataset(include_meta=False)
@@ -296,32 +301,10 @@ class StoreService:
             return failure(exc.status, exc.reason)
 
         calling_aet = event.assoc.requestor.ae_title
-        record = InstanceRecord(
-            study_instance_uid=ident.study_instance_uid,
-            series_instance_uid=ident.series_instance_uid,
-            sop_instance_uid=ident.sop_instance_uid,
-            sop_class_uid=ident.sop_class_uid,
-            transfer_syntax_uid=transfer_syntax,
-            path=relative,
-            size_bytes=size,
-            received_at=utcnow(),
-            calling_aet=calling_aet,
-            patient_key=ident.patient_key,
-            study_date=ident.study_date,
-            study_description=ident.study_description,
-            modality=ident.modality,
-            series_number=ident.series_number,
-            series_description=ident.series_description,
-            image_type=ident.image_type,
-            contrast_agent=ident.contrast_agent,
-            slice_thickness=ident.slice_thickness,
-            body_part_examined=ident.body_part_examined,
-            instance_number=ident.instance_number,
-        )
+        record = _instance_record(ident, transfer_syntax, relative, size, calling_aet)
         try:
             outcome = self.catalog.record_instance(record)
         except Exception:
-            # The file stays; it is harmless and the peer will send again.
             logger.exception("catalog commit failed for instance %s", ident.sop_instance_uid)
             return failure(STATUS_OUT_OF_RESOURCES, "Out of resources: catalog unavailable")
         if outcome.conflict:
@@ -332,31 +315,64 @@ class StoreService:
         # The same SOP Instance UID again: a resend, refreshed in place (not a new instance).
         self._store_call.duplicate = not outcome.new_instance
         self._store_call.series_uid = ident.series_instance_uid
-        context = {
-            "study_uid": ident.study_instance_uid,
-            "series_uid": ident.series_instance_uid,
-        }
-        if outcome.new_study:
-            logger.info(
-                "study %s: first instance received from %s",
-                ident.study_instance_uid,
-                calling_aet,
-                extra=context,
-            )
-        if outcome.new_series:
-            logger.info(
-                "study %s: new series %s (%s, %r)",
-                ident.study_instance_uid,
-                ident.series_instance_uid,
-                ident.modality,
-                ident.series_description,
-                extra=context,
-            )
-        elif outcome.reopened_series:
-            logger.info(
-                "study %s: settled series %s receives instances again",
-                ident.study_instance_uid,
-                ident.series_instance_uid,
-                extra=context,
-            )
+        _log_arrival(ident, outcome, calling_aet)
         return STATUS_SUCCESS
+
+
+def _instance_record(
+    ident: Identity, transfer_syntax: str, relative: str, size: int, calling_aet: str
+) -> InstanceRecord:
+    """The catalog row of an instance just written to the spool."""
+    return InstanceRecord(
+        study_instance_uid=ident.study_instance_uid,
+        series_instance_uid=ident.series_instance_uid,
+        sop_instance_uid=ident.sop_instance_uid,
+        sop_class_uid=ident.sop_class_uid,
+        transfer_syntax_uid=transfer_syntax,
+        path=relative,
+        size_bytes=size,
+        received_at=utcnow(),
+        calling_aet=calling_aet,
+        patient_key=ident.patient_key,
+        study_date=ident.study_date,
+        study_description=ident.study_description,
+        modality=ident.modality,
+        series_number=ident.series_number,
+        series_description=ident.series_description,
+        image_type=ident.image_type,
+        contrast_agent=ident.contrast_agent,
+        slice_thickness=ident.slice_thickness,
+        body_part_examined=ident.body_part_examined,
+        instance_number=ident.instance_number,
+    )
+
+
+def _log_arrival(ident: Identity, outcome: RecordOutcome, calling_aet: str) -> None:
+    """Log what an instance began: a new study, a new series, or a settled series reopened."""
+    context = {
+        "study_uid": ident.study_instance_uid,
+        "series_uid": ident.series_instance_uid,
+    }
+    if outcome.new_study:
+        logger.info(
+            "study %s: first instance received from %s",
+            ident.study_instance_uid,
+            calling_aet,
+            extra=context,
+        )
+    if outcome.new_series:
+        logger.info(
+            "study %s: new series %s (%s, %r)",
+            ident.study_instance_uid,
+            ident.series_instance_uid,
+            ident.modality,
+            ident.series_description,
+            extra=context,
+        )
+    elif outcome.reopened_series:
+        logger.info(
+            "study %s: settled series %s receives instances again",
+            ident.study_instance_uid,
+            ident.series_instance_uid,
+            extra=context,
+        )

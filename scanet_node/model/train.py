@@ -330,6 +330,100 @@ def fit(
     """
     from tqdm import tqdm
 
+    run = _start_run(arch, settings, train_x, init_state)
+    record = _Record(best_state=copy.deepcopy(run.model.state_dict()))
+    if state_path is not None and state_path.is_file():
+        _resume(run, record, state_path, desc)
+    y_train = torch.as_tensor(training_targets(train_y, train_soft, settings), dtype=torch.float32)
+    slabs = torch.as_tensor(
+        np.full(len(train_y), -1) if train_slabs is None else np.asarray(train_slabs),
+        dtype=torch.long,
+    )
+    use_slabs = settings.slab_weight > 0 and arch.kind == "scanet" and bool((slabs >= 0).any())
+    epoch = record.start_epoch - 1
+    for epoch in range(record.start_epoch, settings.epochs):
+        if epoch - record.best_epoch > settings.patience and record.best_epoch >= 0:
+            break
+        lr = learning_rate(settings, epoch)
+        for group in run.optimiser.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        loss = _train_epoch(
+            run,
+            train_x,
+            y_train,
+            slabs if use_slabs else None,
+            f"{desc} epoch {epoch + 1}",
+            progress,
+        )
+        auc = _validation_auc(run, val_x, val_y)
+        seconds = time.perf_counter() - started
+        record.add_epoch(run.model, epoch, loss, auc, seconds, lr)
+        line = (
+            f"{desc} epoch {epoch + 1}: loss {loss:.4f}, val AUC {auc:.3f} "
+            f"(best {record.best_auc:.3f} at epoch {record.best_epoch + 1}), {seconds:.0f} s"
+        )
+        (tqdm.write if progress else logger.info)(line)
+        if curve_path is not None:
+            write_curve(curve_path, record.history)
+        if state_path is not None:
+            _save_state(state_path, _checkpoint(run, record, epoch))
+    return _result(run, record, epoch)
+
+
+@dataclass
+class _Run:
+    """What the epochs of one training run share."""
+
+    model: nn.Module
+    optimiser: torch.optim.Optimizer
+    generator: torch.Generator
+    device: torch.device
+    settings: TrainSettings
+    arch: Architecture
+
+    @property
+    def key(self) -> str:
+        """What a saved state must have been made with to be resumed by this run."""
+        return self.settings.key() + self.arch.kind + str(self.arch.size)
+
+
+@dataclass
+class _Record:
+    """The run's history and best epoch so far (-1: none yet), and where it starts."""
+
+    best_state: dict[str, Any]
+    best_auc: float = -math.inf
+    best_epoch: int = -1
+    start_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def add_epoch(
+        self, model: nn.Module, epoch: int, loss: float, auc: float, seconds: float, lr: float
+    ) -> None:
+        """Append one epoch to the history; keep the model's weights when its AUC is best."""
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "val_auc": auc,
+                "seconds": round(seconds, 1),
+                "lr": lr,
+            }
+        )
+        if auc > self.best_auc:
+            self.best_auc, self.best_epoch = auc, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+
+
+def _start_run(
+    arch: Architecture,
+    settings: TrainSettings,
+    train_x: npt.NDArray[np.floating],
+    init_state: Mapping[str, torch.Tensor] | None,
+) -> _Run:
+    """The seeded model (initial or given weights, inputs standardised), optimiser and
+    batch generator."""
     device = pick_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -338,132 +432,131 @@ def fit(
     if init_state is not None:
         model.load_state_dict(init_state)
     elif arch.subtract_mean or arch.standardize:
-        sums = np.zeros(train_x.shape[1:], dtype=np.float64)
-        squares = np.zeros(train_x.shape[1:], dtype=np.float64)
-        for start in range(0, len(train_x), 32):
-            chunk = np.asarray(train_x[start : start + 32], dtype=np.float64)
-            sums += chunk.sum(axis=0)
-            squares += (chunk**2).sum(axis=0)
-        mean = sums / len(train_x)
-        set_input_mean(model, torch.as_tensor(mean)[None])
-        std = np.sqrt(np.maximum(squares / len(train_x) - mean**2, 0.0))
-        set_input_scale(model, torch.as_tensor(std))
+        _standardise_inputs(model, train_x)
     optimiser_type = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
     optimiser = optimiser_type(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     generator = torch.Generator().manual_seed(settings.seed)
-    history: list[dict[str, float]] = []
-    best_auc, best_epoch, start_epoch = -math.inf, -1, 0
-    best_state = copy.deepcopy(model.state_dict())
-    if state_path is not None and state_path.is_file():
-        saved = torch.load(state_path, map_location=device, weights_only=False)
-        if saved.get("key") == settings.key() + arch.kind + str(arch.size):
-            model.load_state_dict(saved["model"])
-            optimiser.load_state_dict(saved["optimiser"])
-            generator.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            best_state, best_auc, best_epoch = (
-                saved["best_state"],
-                saved["best_auc"],
-                saved["best_epoch"],
-            )
-            history, start_epoch = saved["history"], saved["epoch"] + 1
-            logger.info(
-                "%s: resuming after epoch %d (best AUC %.3f)", desc, saved["epoch"] + 1, best_auc
-            )
-        else:
-            logger.warning("%s: %s was made with other settings; starting afresh", desc, state_path)
-    y_train = torch.as_tensor(training_targets(train_y, train_soft, settings), dtype=torch.float32)
-    slabs = torch.as_tensor(
-        np.full(len(train_y), -1) if train_slabs is None else np.asarray(train_slabs),
-        dtype=torch.long,
+    return _Run(model, optimiser, generator, device, settings, arch)
+
+
+def _standardise_inputs(model: nn.Module, train_x: npt.NDArray[np.floating]) -> None:
+    """Set the model's input mean and scale to the training inputs' (read 32 at a time)."""
+    sums = np.zeros(train_x.shape[1:], dtype=np.float64)
+    squares = np.zeros(train_x.shape[1:], dtype=np.float64)
+    for start in range(0, len(train_x), 32):
+        chunk = np.asarray(train_x[start : start + 32], dtype=np.float64)
+        sums += chunk.sum(axis=0)
+        squares += (chunk**2).sum(axis=0)
+    mean = sums / len(train_x)
+    set_input_mean(model, torch.as_tensor(mean)[None])
+    std = np.sqrt(np.maximum(squares / len(train_x) - mean**2, 0.0))
+    set_input_scale(model, torch.as_tensor(std))
+
+
+def _resume(run: _Run, record: _Record, state_path: Path, desc: str) -> None:
+    """Continue from the state saved at ``state_path`` when it was made with these settings."""
+    saved = torch.load(state_path, map_location=run.device, weights_only=False)
+    if saved.get("key") != run.key:
+        logger.warning("%s: %s was made with other settings; starting afresh", desc, state_path)
+        return
+    run.model.load_state_dict(saved["model"])
+    run.optimiser.load_state_dict(saved["optimiser"])
+    run.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    record.best_state, record.best_auc, record.best_epoch = (
+        saved["best_state"],
+        saved["best_auc"],
+        saved["best_epoch"],
     )
-    use_slabs = settings.slab_weight > 0 and arch.kind == "scanet" and bool((slabs >= 0).any())
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, settings.epochs):
-        if epoch - best_epoch > settings.patience and best_epoch >= 0:
-            break
-        lr = learning_rate(settings, epoch)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        model.train()
-        total, seen = 0.0, 0
-        batches = list(_batches(len(train_x), settings.batch_size, generator))
-        bar = tqdm(
-            batches,
-            desc=f"{desc} epoch {epoch + 1}",
-            leave=False,
-            disable=not progress,
-            unit="batch",
-        )
-        for index in bar:
-            idx = index.numpy()
-            x = torch.as_tensor(np.asarray(train_x[idx], dtype=np.float32))
-            if settings.misregister_mm > 0:
-                x = misregister(x, generator, settings.misregister_mm)
-            if settings.augment and arch.standardize:
-                x = augment_standardised(x, model, generator)
-            elif settings.augment:
-                x = augment(x, generator)
-            with autocast(device, settings.cpu_bf16):
-                out = model(x.to(device))
-            loss = loss_fn(out, y_train[index].to(device), settings.aux_weight)
-            if use_slabs:
-                loss = loss + settings.slab_weight * slab_loss(out, slabs[index].to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-        val = predict(model, val_x, device=device, cpu_bf16=settings.cpu_bf16)
-        auc = roc_auc(val.probabilities, val_y) if 0 < np.sum(val_y) < len(val_y) else float("nan")
-        seconds = time.perf_counter() - started
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": total / max(seen, 1),
-                "val_auc": auc,
-                "seconds": round(seconds, 1),
-                "lr": lr,
-            }
-        )
-        if auc > best_auc:
-            best_auc, best_epoch = auc, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        line = (
-            f"{desc} epoch {epoch + 1}: loss {total / max(seen, 1):.4f}, val AUC {auc:.3f} "
-            f"(best {best_auc:.3f} at epoch {best_epoch + 1}), {seconds:.0f} s"
-        )
-        (tqdm.write if progress else logger.info)(line)
-        if curve_path is not None:
-            write_curve(curve_path, history)
-        if state_path is not None:
-            _save_state(
-                state_path,
-                {
-                    "key": settings.key() + arch.kind + str(arch.size),
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "best_state": best_state,
-                    "best_auc": best_auc,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                },
-            )
-    if settings.select == "last" and history:
+    record.history, record.start_epoch = saved["history"], saved["epoch"] + 1
+    logger.info(
+        "%s: resuming after epoch %d (best AUC %.3f)", desc, saved["epoch"] + 1, record.best_auc
+    )
+
+
+def _train_epoch(
+    run: _Run,
+    train_x: npt.NDArray[np.floating],
+    y_train: torch.Tensor,
+    slabs: torch.Tensor | None,
+    label: str,
+    progress: bool,
+) -> float:
+    """One pass over the training set in shuffled batches; the mean loss per sample.
+
+    ``slabs``: the slab targets when the slab term is trained, else None.
+    """
+    from tqdm import tqdm
+
+    settings, model, device = run.settings, run.model, run.device
+    model.train()
+    total, seen = 0.0, 0
+    batches = list(_batches(len(train_x), settings.batch_size, run.generator))
+    bar = tqdm(batches, desc=label, leave=False, disable=not progress, unit="batch")
+    for index in bar:
+        idx = index.numpy()
+        x = torch.as_tensor(np.asarray(train_x[idx], dtype=np.float32))
+        if settings.misregister_mm > 0:
+            x = misregister(x, run.generator, settings.misregister_mm)
+        if settings.augment and run.arch.standardize:
+            x = augment_standardised(x, model, run.generator)
+        elif settings.augment:
+            x = augment(x, run.generator)
+        with autocast(device, settings.cpu_bf16):
+            out = model(x.to(device))
+        loss = loss_fn(out, y_train[index].to(device), settings.aux_weight)
+        if slabs is not None:
+            loss = loss + settings.slab_weight * slab_loss(out, slabs[index].to(device))
+        run.optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        run.optimiser.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(seen, 1)
+
+
+def _validation_auc(
+    run: _Run, val_x: npt.NDArray[np.floating], val_y: npt.NDArray[np.integer]
+) -> float:
+    """AUC on the validation split; NaN when it holds one class only."""
+    val = predict(run.model, val_x, device=run.device, cpu_bf16=run.settings.cpu_bf16)
+    return roc_auc(val.probabilities, val_y) if 0 < np.sum(val_y) < len(val_y) else float("nan")
+
+
+def _checkpoint(run: _Run, record: _Record, epoch: int) -> dict[str, Any]:
+    """Everything an interrupted run needs to continue after ``epoch``."""
+    return {
+        "key": run.key,
+        "epoch": epoch,
+        "model": run.model.state_dict(),
+        "optimiser": run.optimiser.state_dict(),
+        "generator": run.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "best_state": record.best_state,
+        "best_auc": record.best_auc,
+        "best_epoch": record.best_epoch,
+        "history": record.history,
+    }
+
+
+def _result(run: _Run, record: _Record, epoch: int) -> FitResult:
+    """The model to keep: the best epoch's weights, or the last epoch's (``select = "last"``)."""
+    model, history = run.model, record.history
+    if run.settings.select == "last" and history:
         # the model as the last epoch left it (already loaded; a resumed run loaded it)
-        last = history[-1]
+        last = record.history[-1]
         model.eval()
-        return FitResult(model, float(last["val_auc"]), int(last["epoch"]), epoch + 1, history)
-    model.load_state_dict(best_state)
+        return FitResult(
+            model, float(last["val_auc"]), int(last["epoch"]), epoch + 1, record.history
+        )
+    model.load_state_dict(record.best_state)
     model.eval()
-    return FitResult(model, float(best_auc), best_epoch + 1, epoch + 1, history)
+    return FitResult(
+        model, float(record.best_auc), record.best_epoch + 1, epoch + 1, record.history
+    )
 
 
 def training_targets(

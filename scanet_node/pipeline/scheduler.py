@@ -54,7 +54,7 @@ def sweep_settled(
 
 def classify_settled(queue: JobQueue, spool_root: Path, rules: ClassificationRules) -> int:
     """Decide the role of every settled series that has none; return how many."""
-    from scanet_node.imaging.classify import classify_files
+    from scanet_node.imaging.classify_read import classify_files
 
     pending = queue.series_to_classify()
     for series in pending:

@@ -194,7 +194,7 @@ REGISTRATION_LANDMARKS = (
 
 
 def _identity(plan: StudyPlan, variant: str, small: bool, cta_slice_mm: float | None) -> Any:
-    from scanet_node.synth.dicom import StudyIdentity
+    from scanet_node.synth.dicom_common import StudyIdentity
 
     year, birth, day, seconds, sex = _identity_draws(plan)
     return StudyIdentity(
@@ -254,7 +254,7 @@ def write_study(
     """
     from scanet_node.synth import dicom
     from scanet_node.synth.phantom import Phantom
-    from scanet_node.synth.scanner import Pose
+    from scanet_node.synth.scanner_geometry import Pose
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")

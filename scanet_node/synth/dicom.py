@@ -7,18 +7,20 @@ per image, int16 pixels with RescaleIntercept -1024 and PixelPaddingValue outsid
 reconstruction circle, in Explicit VR Little Endian or, as a variant, RLE or JPEG Lossless.
 Every file says it is synthetic (Manufacturer ``SCANET-SYNTH``, ImageComments).
 
+This module writes the CT series; the pixel encodings are in
+:mod:`~scanet_node.synth.pixel_codecs`, the dose SR in :mod:`~scanet_node.synth.dose_sr` and
+what all objects share (patient, study, equipment, technique) in
+:mod:`~scanet_node.synth.dicom_common`.
+
 UIDs are derived from the study UID, the options and a number drawn from the caller's random
 generator, so the same inputs write the same files.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,92 +28,52 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (
-    UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    JPEGLosslessSV1,
-    RLELossless,
-    XRayRadiationDoseSRStorage,
-    generate_uid,
-)
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from scanet_node import __version__
-from scanet_node.synth.scanner import (
-    HUArray,
-    HUSampler,
+from scanet_node.synth.dicom_common import (
+    Acquisition,
+    StudyIdentity,
+    as_da,
+    as_ds,
+    as_tm,
+    code,
+    common_dataset,
+    parse_datetime,
+)
+from scanet_node.synth.dose_sr import build_dose_report
+from scanet_node.synth.pixel_codecs import check_encodable, set_pixel_data
+from scanet_node.synth.scanner_geometry import (
     Pose,
-    RenderStats,
     SeriesGeometry,
-    SliceRenderer,
     cta_geometry,
     localizer_geometry,
     mip_geometry,
     ncct_geometry,
+)
+from scanet_node.synth.scanner_render import (
+    HUArray,
+    HUSampler,
+    RenderStats,
+    SliceRenderer,
     render_localizer,
 )
 
 logger = logging.getLogger(__name__)
 
 ROLES: Final = ("localizer", "ncct", "cta", "cta_mip", "dose")
-TRANSFER_SYNTAXES: Final = (ExplicitVRLittleEndian, RLELossless, JPEGLosslessSV1)
 
 RESCALE_INTERCEPT: Final = -1024
 #: Stored value of pixels outside the reconstruction circle (-2048 HU).
 PIXEL_PADDING_VALUE: Final = -1024
 MIP_SLAB_MM: Final = 10.0
 
-MANUFACTURER: Final = "SCANET-SYNTH"
-MODEL_NAME: Final = "Synthetic CT 64"
-DEVICE_SERIAL_NUMBER: Final = "SYN-0001"
-STATION_NAME: Final = "SYNTHCT01"
-INSTITUTION_NAME: Final = "Synthetic Cohort"
-SOFTWARE_VERSIONS: Final = f"scanet-node {__version__} synth"
-STUDY_DESCRIPTION: Final = "CT HEAD STROKE PROTOCOL"
 SYNTHETIC_COMMENT: Final = "SYNTHETIC IMAGE made by scanet-node synth; not from a patient"
 CONTRAST_AGENT: Final = "Iohexol 350 mgI/ml"
 
 _UID_ROOT: Final = "scanet-synth"
-
-
-@dataclass(frozen=True)
-class StudyIdentity:
-    """The (made-up) patient and the study, as the caller draws them.
-
-    ``study_date`` is YYYYMMDD and ``study_time`` HHMMSS; the series follow minutes after.
-    """
-
-    patient_name: str
-    patient_id: str
-    birth_date: str
-    sex: str
-    age: str
-    accession: str
-    study_uid: str
-    study_date: str
-    study_time: str
-    study_id: str = "1"
-
-    def __post_init__(self) -> None:
-        checks = {
-            "patient_id": len(self.patient_id) <= 64 and "\\" not in self.patient_id,
-            "birth_date": re.fullmatch(r"\d{8}", self.birth_date) is not None,
-            "sex": self.sex in ("M", "F", "O", ""),
-            "age": re.fullmatch(r"\d{3}[DWMY]", self.age) is not None,
-            "accession": len(self.accession) <= 16,
-            "study_uid": len(self.study_uid) <= 64
-            and re.fullmatch(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))+", self.study_uid) is not None,
-            "study_date": re.fullmatch(r"\d{8}", self.study_date) is not None,
-            "study_time": re.fullmatch(r"\d{6}(\.\d{1,6})?", self.study_time) is not None,
-            "study_id": len(self.study_id) <= 16,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid study identity: {', '.join(bad)}")
 
 
 @dataclass(frozen=True)
@@ -196,33 +158,6 @@ class StudyFiles:
         return [s.as_manifest(root) for s in self.series]
 
 
-@dataclass(frozen=True)
-class _Acquisition:
-    """Technique of one series as the scanner would report it."""
-
-    role: str
-    series_number: int
-    description: str
-    kernel: str
-    image_type: tuple[str, ...]
-    window: tuple[float, float, str]
-    offset_s: float  # series start after the study time
-    kvp: float = 120.0
-    tube_current_ma: int = 0
-    exposure_time_ms: int = 0
-    revolution_s: float = 1.0
-    ctdivol_mgy: float = 0.0
-    single_collimation_mm: float = 0.6
-    total_collimation_mm: float = 19.2
-    spiral_pitch: float | None = None
-    contrast: bool = False
-    phase: str = "ncct"
-
-    @property
-    def exposure_mas(self) -> int:
-        return round(self.tube_current_ma * self.exposure_time_ms / 1000)
-
-
 @dataclass
 class _MipSlabs:
     """Running maxima of consecutive CTA slabs, filled while the CTA is written."""
@@ -258,7 +193,7 @@ class _Study:
     salt: str
     table_height: float
     written: list[SeriesFiles] = field(default_factory=list)
-    acquisitions: list[tuple[SeriesFiles, _Acquisition]] = field(default_factory=list)
+    acquisitions: list[tuple[SeriesFiles, Acquisition]] = field(default_factory=list)
     stats: RenderStats = field(default_factory=RenderStats)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -296,24 +231,9 @@ def write_study(
         Draws the field of view, slice thickness, noise and technique; the same generator state
         writes the same study.
     """
-    if options.transfer_syntax not in TRANSFER_SYNTAXES:
-        raise ValueError(f"unsupported transfer syntax {options.transfer_syntax}")
-    if options.transfer_syntax == JPEGLosslessSV1 and importlib.util.find_spec("gdcm") is None:
-        raise ValueError("JPEG Lossless needs python-gdcm to encode; it is not installed")
+    check_encodable(options.transfer_syntax)
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    salt = f"{identity.study_uid}|{int(rng.integers(2**62))}|{sorted(asdict(options).items())}"
-    study = _Study(
-        out_dir=out_dir,
-        identity=identity,
-        options=options,
-        start=_parse_datetime(identity.study_date, identity.study_time),
-        frame_uid="",
-        salt=salt,
-        table_height=round(float(rng.uniform(140.0, 175.0)), 1),
-    )
-    study.frame_uid = study.uid("frame-of-reference")
-
+    study = _start_study(out_dir, identity, options, rng)
     head = getattr(phantom, "head_affine", None)  # the patient's head size and shape
     ncct = ncct_geometry(pose, rng, options.small, options.gantry_tilt_deg, head)
     cta = (
@@ -327,40 +247,12 @@ def write_study(
 
     if options.extras:
         _write_localizer(study, phantom, pose, loc_rng)
-    ncct_acq = _Acquisition(
-        role="ncct",
-        series_number=2,
-        description="Head 5.0 H31s",
-        kernel="H31s",
-        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
-        window=(40.0, 80.0, "BRAIN"),
-        offset_s=75.0,
-        tube_current_ma=ncct_ma,
-        exposure_time_ms=1000,
-        revolution_s=1.0,
-        ctdivol_mgy=round(ncct_ma * 0.19, 2),
-    )
     missing = (ncct.number_of_slices // 2,) if options.missing_ncct_slice else ()
-    _write_rendered_series(study, phantom, pose, ncct, ncct_acq, ncct_rng, skip=missing)
-
+    _write_rendered_series(
+        study, phantom, pose, ncct, _ncct_acquisition(ncct_ma), ncct_rng, skip=missing
+    )
     if cta is not None:
-        thickness = format_number_as_ds(cta.slice_thickness)
-        cta_acq = _Acquisition(
-            role="cta",
-            series_number=3,
-            description=f"CTA Head Neck {thickness} Hv36 Arterial",
-            kernel="Hv36",
-            image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
-            window=(200.0, 700.0, "ANGIO"),
-            offset_s=260.0,
-            tube_current_ma=cta_ma,
-            exposure_time_ms=500,
-            revolution_s=0.5,
-            ctdivol_mgy=round(cta_ma * 0.12, 2),
-            spiral_pitch=0.9,
-            contrast=True,
-            phase="cta",
-        )
+        cta_acq = _cta_acquisition(cta_ma, cta.slice_thickness)
         slabs = _write_rendered_series(
             study, phantom, pose, cta, cta_acq, cta_rng, mip=options.extras
         )
@@ -370,12 +262,73 @@ def write_study(
         clock = time.perf_counter()
         _write_dose_report(study)
         study.add_time("dose_s", time.perf_counter() - clock)
+    return _finish_study(study, started)
 
+
+def _start_study(
+    out_dir: Path, identity: StudyIdentity, options: WriteOptions, rng: np.random.Generator
+) -> _Study:
+    """The study's shared state: its folder, start time, UID salt and frame of reference."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    salt = f"{identity.study_uid}|{int(rng.integers(2**62))}|{sorted(asdict(options).items())}"
+    study = _Study(
+        out_dir=out_dir,
+        identity=identity,
+        options=options,
+        start=parse_datetime(identity.study_date, identity.study_time),
+        frame_uid="",
+        salt=salt,
+        table_height=round(float(rng.uniform(140.0, 175.0)), 1),
+    )
+    study.frame_uid = study.uid("frame-of-reference")
+    return study
+
+
+def _ncct_acquisition(tube_current_ma: int) -> Acquisition:
+    """The non-contrast head CT: sequential 5 mm, soft kernel, brain window."""
+    return Acquisition(
+        role="ncct",
+        series_number=2,
+        description="Head 5.0 H31s",
+        kernel="H31s",
+        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+        window=(40.0, 80.0, "BRAIN"),
+        offset_s=75.0,
+        tube_current_ma=tube_current_ma,
+        exposure_time_ms=1000,
+        revolution_s=1.0,
+        ctdivol_mgy=round(tube_current_ma * 0.19, 2),
+    )
+
+
+def _cta_acquisition(tube_current_ma: int, slice_thickness: float) -> Acquisition:
+    """The CT angiogram: spiral thin slices in the arterial phase, angio window."""
+    thickness = format_number_as_ds(slice_thickness)
+    return Acquisition(
+        role="cta",
+        series_number=3,
+        description=f"CTA Head Neck {thickness} Hv36 Arterial",
+        kernel="Hv36",
+        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+        window=(200.0, 700.0, "ANGIO"),
+        offset_s=260.0,
+        tube_current_ma=tube_current_ma,
+        exposure_time_ms=500,
+        revolution_s=0.5,
+        ctdivol_mgy=round(tube_current_ma * 0.12, 2),
+        spiral_pitch=0.9,
+        contrast=True,
+        phase="cta",
+    )
+
+
+def _finish_study(study: _Study, started: float) -> StudyFiles:
+    """What was written, with the timings, logged once."""
     study.timings["sample_s"] = study.stats.sample_s
     study.timings["noise_s"] = study.stats.noise_s
     study.timings["total_s"] = time.perf_counter() - started
     files = StudyFiles(
-        study_uid=identity.study_uid,
+        study_uid=study.identity.study_uid,
         frame_of_reference_uid=study.frame_uid,
         series=tuple(study.written),
         timings={k: round(v, 3) for k, v in study.timings.items()},
@@ -385,7 +338,7 @@ def write_study(
         len(files.series),
         sum(len(s.files) for s in files.series),
         study.timings["total_s"],
-        extra={"study_uid": identity.study_uid},
+        extra={"study_uid": study.identity.study_uid},
     )
     return files
 
@@ -401,7 +354,7 @@ def _write_localizer(
     geometry = localizer_geometry(pose, study.options.small)
     pixels = render_localizer(phantom, geometry, pose, rng)
     study.add_time("localizer_s", time.perf_counter() - clock)
-    acq = _Acquisition(
+    acq = Acquisition(
         role="localizer",
         series_number=1,
         description="Topogram 0.6 T20s",
@@ -454,7 +407,7 @@ def _write_rendered_series(
     phantom: HUSampler,
     pose: Pose,
     geometry: SeriesGeometry,
-    acq: _Acquisition,
+    acq: Acquisition,
     rng: np.random.Generator,
     *,
     skip: Sequence[int] = (),
@@ -512,14 +465,14 @@ def _write_rendered_series(
     return slabs
 
 
-def _write_mip(study: _Study, slabs: _MipSlabs, source_acq: _Acquisition) -> None:
+def _write_mip(study: _Study, slabs: _MipSlabs, source_acq: Acquisition) -> None:
     clock = time.perf_counter()
     geometry, per_slab = slabs.geometry, slabs.per_slab
     acq = replace(
         source_acq,
         role="cta_mip",
         series_number=4,
-        description=f"CTA MIP {_ds(MIP_SLAB_MM)}mm",
+        description=f"CTA MIP {as_ds(MIP_SLAB_MM)}mm",
         image_type=("DERIVED", "SECONDARY", "AXIAL"),
         offset_s=source_acq.offset_s + 150.0,
     )
@@ -530,7 +483,7 @@ def _write_mip(study: _Study, slabs: _MipSlabs, source_acq: _Acquisition) -> Non
         f"Maximum intensity projection over {per_slab} consecutive source images"
     )
     template.DerivationCodeSequence = DicomSequence(
-        [_code("113078", "DCM", "Maximum intensity projection")]
+        [code("113078", "DCM", "Maximum intensity projection")]
     )
     head_first = study.options.reversed_order
     files: list[Path] = []
@@ -586,14 +539,14 @@ def _series_folder(study: _Study, series_number: int, role: str) -> Path:
 
 
 def _image_template(
-    study: _Study, acq: _Acquisition, geometry: SeriesGeometry, series_uid: str
+    study: _Study, acq: Acquisition, geometry: SeriesGeometry, series_uid: str
 ) -> Dataset:
     """The attributes every image of a series shares (CT Image IOD, PS3.3 A.3)."""
     series_time = study.start + timedelta(seconds=acq.offset_s)
-    ds = _common_dataset(study, CTImageStorage)
+    ds = common_dataset(study.identity, CTImageStorage)
     ds.ImageType = list(acq.image_type)
-    ds.SeriesDate = _da(series_time)
-    ds.SeriesTime = _tm(series_time)
+    ds.SeriesDate = as_da(series_time)
+    ds.SeriesTime = as_tm(series_time)
     ds.Modality = "CT"
     ds.SeriesDescription = acq.description
     ds.ProtocolName = "Stroke Protocol"
@@ -608,26 +561,39 @@ def _image_template(
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     if acq.contrast:
-        bolus_start = series_time - timedelta(seconds=18)
-        ds.ContrastBolusAgent = CONTRAST_AGENT
-        ds.ContrastBolusRoute = "IV"
-        ds.ContrastBolusVolume = "60"
-        ds.ContrastBolusStartTime = _tm(bolus_start)
-        ds.ContrastBolusTotalDose = "21"
-        ds.ContrastFlowRate = ["5"]
-        ds.ContrastFlowDuration = ["12"]
-        ds.ContrastBolusIngredient = "IODINE"
-        ds.ContrastBolusIngredientConcentration = "350"
-    # CT acquisition and reconstruction
-    ds.SliceThickness = _ds(geometry.slice_thickness)
-    ds.SpacingBetweenSlices = _ds(geometry.spacing_between_slices)
-    ds.KVP = _ds(acq.kvp)
+        _set_contrast_bolus(ds, series_time)
+    _set_ct_acquisition(ds, study, acq, geometry)
+    _set_image_plane_and_pixels(ds, acq, geometry)
+    return ds
+
+
+def _set_contrast_bolus(ds: Dataset, series_time: datetime) -> None:
+    """Contrast/Bolus module (PS3.3 C.7.6.4): the iodine injected 18 s before the series."""
+    bolus_start = series_time - timedelta(seconds=18)
+    ds.ContrastBolusAgent = CONTRAST_AGENT
+    ds.ContrastBolusRoute = "IV"
+    ds.ContrastBolusVolume = "60"
+    ds.ContrastBolusStartTime = as_tm(bolus_start)
+    ds.ContrastBolusTotalDose = "21"
+    ds.ContrastFlowRate = ["5"]
+    ds.ContrastFlowDuration = ["12"]
+    ds.ContrastBolusIngredient = "IODINE"
+    ds.ContrastBolusIngredientConcentration = "350"
+
+
+def _set_ct_acquisition(
+    ds: Dataset, study: _Study, acq: Acquisition, geometry: SeriesGeometry
+) -> None:
+    """CT Image module (PS3.3 C.8.2.1): acquisition and reconstruction, dose index."""
+    ds.SliceThickness = as_ds(geometry.slice_thickness)
+    ds.SpacingBetweenSlices = as_ds(geometry.spacing_between_slices)
+    ds.KVP = as_ds(acq.kvp)
     ds.DataCollectionDiameter = "500"
-    ds.ReconstructionDiameter = _ds(geometry.reconstruction_diameter)
+    ds.ReconstructionDiameter = as_ds(geometry.reconstruction_diameter)
     ds.DistanceSourceToDetector = "1085.6"
     ds.DistanceSourceToPatient = "595"
-    ds.GantryDetectorTilt = _ds(geometry.gantry_tilt_deg)
-    ds.TableHeight = _ds(study.table_height)
+    ds.GantryDetectorTilt = as_ds(geometry.gantry_tilt_deg)
+    ds.TableHeight = as_ds(study.table_height)
     ds.RotationDirection = "CW"
     ds.ExposureTime = str(acq.exposure_time_ms)
     ds.XRayTubeCurrent = str(acq.tube_current_ma)
@@ -646,11 +612,14 @@ def _image_template(
     if acq.ctdivol_mgy > 0:
         ds.CTDIvol = acq.ctdivol_mgy
         ds.CTDIPhantomTypeCodeSequence = DicomSequence(
-            [_code("113690", "DCM", "IEC Head Dosimetry Phantom")]
+            [code("113690", "DCM", "IEC Head Dosimetry Phantom")]
         )
-    # Image plane and pixels
-    ds.ImageOrientationPatient = [_ds(v) for v in geometry.image_orientation]
-    ds.PixelSpacing = [_ds(v) for v in geometry.pixel_spacing]
+
+
+def _set_image_plane_and_pixels(ds: Dataset, acq: Acquisition, geometry: SeriesGeometry) -> None:
+    """Image Plane and Image Pixel attributes shared by the series, the HU rescale and window."""
+    ds.ImageOrientationPatient = [as_ds(v) for v in geometry.image_orientation]
+    ds.PixelSpacing = [as_ds(v) for v in geometry.pixel_spacing]
     ds.SliceLocation = "0"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -661,13 +630,12 @@ def _image_template(
     ds.HighBit = 15
     ds.PixelRepresentation = 1
     ds.PixelPaddingValue = PIXEL_PADDING_VALUE
-    ds.WindowCenter = _ds(acq.window[0])
-    ds.WindowWidth = _ds(acq.window[1])
+    ds.WindowCenter = as_ds(acq.window[0])
+    ds.WindowWidth = as_ds(acq.window[1])
     ds.WindowCenterWidthExplanation = acq.window[2]
     ds.RescaleIntercept = str(RESCALE_INTERCEPT)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    return ds
 
 
 def _write_image(
@@ -678,7 +646,7 @@ def _write_image(
     number: int,
     geometry: SeriesGeometry,
     index: int,
-    acq: _Acquisition,
+    acq: Acquisition,
     pixels: HUArray | npt.NDArray[np.uint16],
     after_s: float,
 ) -> Path:
@@ -688,85 +656,21 @@ def _write_image(
     ds.SOPInstanceUID = sop_uid
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.InstanceNumber = number
-    ds.AcquisitionDate = _da(acquired)
-    ds.AcquisitionTime = _tm(acquired)
-    ds.ContentDate = _da(content)
-    ds.ContentTime = _tm(content)
-    ds.ImagePositionPatient = [_ds(v) for v in geometry.positions[index]]
+    ds.AcquisitionDate = as_da(acquired)
+    ds.AcquisitionTime = as_tm(acquired)
+    ds.ContentDate = as_da(content)
+    ds.ContentTime = as_tm(content)
+    ds.ImagePositionPatient = [as_ds(v) for v in geometry.positions[index]]
     if "SliceLocation" in ds:
-        ds.SliceLocation = _ds(round(float(geometry.center(index)[2]), 4))
+        ds.SliceLocation = as_ds(round(float(geometry.center(index)[2]), 4))
     # HU -> stored value (the -2048 HU outside the circle becomes the padding value -1024).
     stored: npt.NDArray[Any] = (
         pixels - np.int16(RESCALE_INTERCEPT) if pixels.dtype == np.int16 else pixels
     )
-    _set_pixel_data(ds, np.ascontiguousarray(stored), study.options.transfer_syntax)
+    set_pixel_data(ds, np.ascontiguousarray(stored), study.options.transfer_syntax)
     path = folder / f"IM{number:05d}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def _set_pixel_data(ds: Dataset, stored: npt.NDArray[Any], transfer_syntax: str) -> None:
-    """Put ``stored`` into ``ds`` in ``transfer_syntax``."""
-    if transfer_syntax == ExplicitVRLittleEndian:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = stored.tobytes()
-        ds["PixelData"].VR = "OW"
-        ds["PixelData"].is_undefined_length = False
-    elif transfer_syntax == RLELossless:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(RLELossless, stored, generate_instance_uid=False)
-    elif transfer_syntax == JPEGLosslessSV1:
-        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-        ds.PixelData = encapsulate([_jpeg_lossless(stored, ds)])
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    else:
-        raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
-
-
-def _jpeg_lossless(stored: npt.NDArray[Any], ds: Dataset) -> bytes:
-    """One frame as JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 SV1).
-
-    pydicom has no encoder for it; GDCM's ImageChangeTransferSyntax has (python-gdcm, imported
-    by name so that type checking does not depend on it being installed).
-    """
-    gdcm: Any = importlib.import_module("gdcm")
-
-    # gdcm.ImageWriter owns the gdcm.Image; keep it alive while the image is used.
-    writer = gdcm.ImageWriter()
-    image = writer.GetImage()
-    image.SetNumberOfDimensions(2)
-    image.SetDimensions((int(ds.Columns), int(ds.Rows), 1))
-    image.SetPhotometricInterpretation(
-        gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2)
-    )
-    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.ImplicitVRLittleEndian))
-    image.SetPixelFormat(
-        gdcm.PixelFormat(
-            1,
-            int(ds.BitsAllocated),
-            int(ds.BitsStored),
-            int(ds.HighBit),
-            int(ds.PixelRepresentation),
-        )
-    )
-    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
-    element.SetByteStringValue(
-        stored.astype("<i2" if stored.dtype.kind == "i" else "<u2").tobytes()
-    )
-    image.SetDataElement(element)
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-    change.SetInput(image)
-    if not change.Change():
-        raise RuntimeError("GDCM could not encode JPEG Lossless")
-    fragments = change.GetOutput().GetDataElement().GetSequenceOfFragments()
-    if fragments is None or fragments.GetNumberOfFragments() < 1:
-        raise RuntimeError("GDCM returned no JPEG Lossless fragments")
-    return b"".join(
-        fragments.GetFragment(i).GetByteValue().GetBuffer().encode("utf-8", "surrogateescape")
-        for i in range(fragments.GetNumberOfFragments())
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -774,7 +678,13 @@ def _jpeg_lossless(stored: npt.NDArray[Any], ds: Dataset) -> bytes:
 
 
 def _write_dose_report(study: _Study) -> None:
-    ds = _build_dose_report(study)
+    """Build the dose SR of the acquisitions written so far and write it as its own series."""
+    acquisitions = []
+    for series, acq in study.acquisitions:
+        if series.geometry is None:
+            raise ValueError(f"series {series.role} has no geometry")
+        acquisitions.append((acq, series.geometry))
+    ds = build_dose_report(study.identity, study.start, acquisitions, study.uid)
     folder = _series_folder(study, int(ds.SeriesNumber), "dose")
     path = folder / "IM00001.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -790,303 +700,3 @@ def _write_dose_report(study: _Study) -> None:
             transfer_syntax=ExplicitVRLittleEndian,
         )
     )
-
-
-def _build_dose_report(study: _Study) -> Dataset:
-    """X-Ray Radiation Dose SR of the image series written so far.
-
-    Implements TID 10011 "CT Radiation Dose" (PS3.16) with one TID 10013 "CT Irradiation Event
-    Data" per acquisition (localizer, NCCT, CTA), each with its CT Acquisition Parameters and,
-    but for the localizer, its CT Dose (CTDIvol, DLP); the IOD is PS3.3 A.35.8.
-    """
-    ds = _common_dataset(study, XRayRadiationDoseSRStorage)
-    report_time = study.start + timedelta(seconds=600)
-    ds.Modality = "SR"
-    ds.SeriesInstanceUID = study.uid("series", "dose")
-    ds.SeriesNumber = 501
-    ds.SeriesDescription = "Dose Report"
-    ds.SeriesDate = _da(report_time)
-    ds.SeriesTime = _tm(report_time)
-    ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
-    ds.SOPInstanceUID = study.uid("image", "dose", 0)
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.InstanceNumber = 1
-    ds.ContentDate = _da(report_time)
-    ds.ContentTime = _tm(report_time)
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.PerformedProcedureCodeSequence = DicomSequence()
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = DicomSequence(
-        [_code("113701", "DCM", "X-Ray Radiation Dose Report")]
-    )
-    ds.ContinuityOfContent = "SEPARATE"
-    template = Dataset()
-    template.MappingResource = "DCMR"
-    template.TemplateIdentifier = "10011"
-    ds.ContentTemplateSequence = DicomSequence([template])
-
-    events: list[Dataset] = []
-    total_dlp = 0.0
-    first = last = None
-    for series, acq in study.acquisitions:
-        geometry = series.geometry
-        if geometry is None:
-            raise ValueError(f"series {series.role} has no geometry")
-        start = study.start + timedelta(seconds=acq.offset_s)
-        if series.role == "localizer":
-            length = geometry.rows * geometry.pixel_spacing[0]
-            seconds = acq.exposure_time_ms / 1000
-        elif acq.spiral_pitch is None:
-            length = geometry.number_of_slices * geometry.spacing_between_slices
-            seconds = acq.exposure_time_ms / 1000 * geometry.number_of_slices
-        else:
-            length = geometry.number_of_slices * geometry.spacing_between_slices
-            rotations = length / (acq.spiral_pitch * acq.total_collimation_mm)
-            seconds = rotations * acq.revolution_s
-        first = start if first is None else min(first, start)
-        end = start + timedelta(seconds=seconds)
-        last = end if last is None else max(last, end)
-        acq_type = {
-            "localizer": _code("113805", "DCM", "Constant Angle Acquisition"),
-            "ncct": _code("113804", "DCM", "Sequenced Acquisition"),
-            "cta": _code("116152004", "SCT", "Spiral Acquisition"),
-        }[series.role]
-        source = _container(
-            "113831",
-            "CT X-Ray Source Parameters",
-            [
-                _text("113832", "Identification of the X-Ray Source", "A"),
-                _num("113733", "KVP", acq.kvp, "kV", "kV"),
-                _num("113833", "Maximum X-Ray Tube Current", acq.tube_current_ma, "mA", "mA"),
-                _num("113734", "X-Ray Tube Current", acq.tube_current_ma, "mA", "mA"),
-                _num("113834", "Exposure Time per Rotation", acq.revolution_s, "s", "s"),
-            ],
-        )
-        parameters = _container(
-            "113822",
-            "CT Acquisition Parameters",
-            [
-                _num("113824", "Exposure Time", round(seconds, 3), "s", "s"),
-                _num("113825", "Scanning Length", round(length, 2), "mm", "mm"),
-                _num(
-                    "113826",
-                    "Nominal Single Collimation Width",
-                    acq.single_collimation_mm,
-                    "mm",
-                    "mm",
-                ),
-                _num(
-                    "113827",
-                    "Nominal Total Collimation Width",
-                    acq.total_collimation_mm,
-                    "mm",
-                    "mm",
-                ),
-                _num("113823", "Number of X-Ray Sources", 1, "{X-Ray sources}", "X-Ray sources"),
-                source,
-            ],
-        )
-        children = [
-            _text("125203", "Acquisition Protocol", acq.description),
-            _code_item("123014", "Target Region", _code("69536005", "SCT", "Head")),
-            _code_item("113820", "CT Acquisition Type", acq_type),
-            _uidref("113769", "Irradiation Event UID", study.uid("irradiation", series.role)),
-            parameters,
-        ]
-        if series.role != "localizer":
-            ctdivol = acq.ctdivol_mgy
-            dlp = round(ctdivol * length / 10.0, 2)
-            total_dlp += dlp
-            children.append(
-                _container(
-                    "113829",
-                    "CT Dose",
-                    [
-                        _num("113830", "Mean CTDIvol", ctdivol, "mGy", "mGy"),
-                        _code_item(
-                            "113835",
-                            "CTDIw Phantom Type",
-                            _code("113690", "DCM", "IEC Head Dosimetry Phantom"),
-                        ),
-                        _num("113838", "DLP", dlp, "mGy.cm", "mGy.cm"),
-                    ],
-                )
-            )
-        events.append(_container("113819", "CT Acquisition", children))
-
-    scope = _code_item(
-        "113705", "Scope of Accumulation", _code("113014", "DCM", "Study"), "HAS OBS CONTEXT"
-    )
-    scope.ContentSequence = DicomSequence(
-        [_uidref("110180", "Study Instance UID", study.identity.study_uid, "HAS PROPERTIES")]
-    )
-    content = [
-        _code_item(
-            "121058",
-            "Procedure reported",
-            _code("77477000", "SCT", "Computed Tomography X-Ray"),
-            "HAS CONCEPT MOD",
-        ),
-        _code_item("121005", "Observer Type", _code("121007", "DCM", "Device"), "HAS OBS CONTEXT"),
-        _uidref("121012", "Device Observer UID", study.uid("device"), "HAS OBS CONTEXT"),
-        _text("121013", "Device Observer Name", STATION_NAME, "HAS OBS CONTEXT"),
-        _text("121014", "Device Observer Manufacturer", MANUFACTURER, "HAS OBS CONTEXT"),
-        _text("121015", "Device Observer Model Name", MODEL_NAME, "HAS OBS CONTEXT"),
-        _text("121016", "Device Observer Serial Number", DEVICE_SERIAL_NUMBER, "HAS OBS CONTEXT"),
-        _datetime("113809", "Start of X-Ray Irradiation", first or study.start, "HAS OBS CONTEXT"),
-        _datetime("113810", "End of X-Ray Irradiation", last or study.start, "HAS OBS CONTEXT"),
-        scope,
-        _container(
-            "113811",
-            "CT Accumulated Dose Data",
-            [
-                _num(
-                    "113812",
-                    "Total Number of Irradiation Events",
-                    len(events),
-                    "{events}",
-                    "events",
-                ),
-                _num(
-                    "113813",
-                    "CT Dose Length Product Total",
-                    round(total_dlp, 2),
-                    "mGy.cm",
-                    "mGy.cm",
-                ),
-            ],
-        ),
-        *events,
-        _code_item(
-            "113854",
-            "Source of Dose Information",
-            _code("113856", "DCM", "Automated Data Collection"),
-        ),
-    ]
-    ds.ContentSequence = DicomSequence(content)
-    return ds
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
-
-
-def _content_item(
-    relationship: str, value_type: str, value: str, meaning: str, scheme: str = "DCM"
-) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = DicomSequence([_code(value, scheme, meaning)])
-    return item
-
-
-def _container(value: str, meaning: str, children: Iterable[Dataset]) -> Dataset:
-    item = _content_item("CONTAINS", "CONTAINER", value, meaning)
-    item.ContinuityOfContent = "SEPARATE"
-    item.ContentSequence = DicomSequence(list(children))
-    return item
-
-
-def _num(
-    value: str, meaning: str, number: float, unit: str, unit_meaning: str, rel: str = "CONTAINS"
-) -> Dataset:
-    item = _content_item(rel, "NUM", value, meaning)
-    measured = Dataset()
-    measured.NumericValue = _ds(float(number))
-    measured.MeasurementUnitsCodeSequence = DicomSequence([_code(unit, "UCUM", unit_meaning)])
-    item.MeasuredValueSequence = DicomSequence([measured])
-    return item
-
-
-def _text(value: str, meaning: str, text: str, rel: str = "CONTAINS") -> Dataset:
-    item = _content_item(rel, "TEXT", value, meaning)
-    item.TextValue = text
-    return item
-
-
-def _code_item(value: str, meaning: str, code: Dataset, rel: str = "CONTAINS") -> Dataset:
-    item = _content_item(rel, "CODE", value, meaning)
-    item.ConceptCodeSequence = DicomSequence([code])
-    return item
-
-
-def _uidref(value: str, meaning: str, uid: str, rel: str = "CONTAINS") -> Dataset:
-    item = _content_item(rel, "UIDREF", value, meaning)
-    item.UID = uid
-    return item
-
-
-def _datetime(value: str, meaning: str, when: datetime, rel: str = "CONTAINS") -> Dataset:
-    item = _content_item(rel, "DATETIME", value, meaning)
-    item.DateTime = when.strftime("%Y%m%d%H%M%S")
-    return item
-
-
-# --------------------------------------------------------------------------------------------
-# Shared attributes and value formats
-
-
-def _common_dataset(study: _Study, sop_class_uid: str) -> Dataset:
-    """Patient, General Study, General Equipment and SOP Common attributes."""
-    identity = study.identity
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationVersionName = "SCANET_SYNTH"
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.InstanceCreationDate = identity.study_date
-    ds.InstanceCreationTime = identity.study_time
-    ds.SOPClassUID = sop_class_uid
-    ds.StudyDate = identity.study_date
-    ds.StudyTime = identity.study_time
-    ds.AccessionNumber = identity.accession
-    ds.Manufacturer = MANUFACTURER
-    ds.InstitutionName = INSTITUTION_NAME
-    ds.ReferringPhysicianName = ""
-    ds.StationName = STATION_NAME
-    ds.StudyDescription = STUDY_DESCRIPTION
-    ds.ManufacturerModelName = MODEL_NAME
-    ds.DeviceSerialNumber = DEVICE_SERIAL_NUMBER
-    ds.SoftwareVersions = SOFTWARE_VERSIONS
-    ds.PatientName = identity.patient_name
-    ds.PatientID = identity.patient_id
-    ds.PatientBirthDate = identity.birth_date
-    ds.PatientSex = identity.sex
-    ds.PatientAge = identity.age
-    ds.StudyInstanceUID = identity.study_uid
-    ds.StudyID = identity.study_id
-    return ds
-
-
-def _parse_datetime(date: str, time_of_day: str) -> datetime:
-    """A DICOM DA and TM (fraction optional) as one datetime."""
-    whole, _, fraction = time_of_day.partition(".")
-    whole = whole.ljust(6, "0")
-    parsed = datetime.strptime(date + whole, "%Y%m%d%H%M%S")
-    if fraction:
-        parsed += timedelta(microseconds=int(fraction.ljust(6, "0")[:6]))
-    return parsed
-
-
-def _da(when: datetime) -> str:
-    return when.strftime("%Y%m%d")
-
-
-def _tm(when: datetime) -> str:
-    return when.strftime("%H%M%S.%f")
-
-
-def _ds(value: float) -> str:
-    """A number as a valid DS string (at most 16 characters; whole numbers without ".0")."""
-    number = float(value)
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return str(format_number_as_ds(number))

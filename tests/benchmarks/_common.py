@@ -85,7 +85,7 @@ def checkpoint(given: Path | None, folder: Path) -> tuple[Path, str]:
 
 
 def _ncct_is_recognised(files: list[Path]) -> bool:
-    from scanet_node.imaging.classify import classify_files
+    from scanet_node.imaging.classify_read import classify_files
 
     ncct = [f for f in files if f.parent.name.endswith("ncct")]
     return classify_files(ncct).role == "ncct"

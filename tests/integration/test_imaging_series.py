@@ -43,7 +43,8 @@ from pydicom.uid import (
 from scipy import ndimage
 
 from scanet_node.errors import ImagingError
-from scanet_node.imaging.classify import choose_series, facts_from_header, select_series
+from scanet_node.imaging.classify import select_series
+from scanet_node.imaging.classify_read import choose_series, facts_from_header
 from scanet_node.imaging.series import AIR_HU, Volume, find_series, load_series
 from scanet_node.synth.cohort import VARIANTS, plan_study, write_study
 

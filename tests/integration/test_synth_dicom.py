@@ -26,9 +26,10 @@ from pydicom.uid import (
     XRayRadiationDoseSRStorage,
 )
 
-from scanet_node.synth.dicom import StudyFiles, StudyIdentity, WriteOptions, write_study
+from scanet_node.synth.dicom import StudyFiles, WriteOptions, write_study
+from scanet_node.synth.dicom_common import StudyIdentity
 from scanet_node.synth.phantom import Phantom
-from scanet_node.synth.scanner import Pose
+from scanet_node.synth.scanner_geometry import Pose
 from scanet_node.synth.vessels import Occlusion
 
 SEED = 20261129

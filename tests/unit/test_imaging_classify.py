@@ -22,10 +22,9 @@ from scanet_node.imaging.classify import (
     ImageEvidence,
     SeriesFacts,
     classify_series,
-    facts_from_header,
-    image_evidence,
     select_series,
 )
+from scanet_node.imaging.classify_read import facts_from_header, image_evidence
 from scanet_node.imaging.series import Volume
 
 AXIAL = ("ORIGINAL", "PRIMARY", "AXIAL")

@@ -13,22 +13,24 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from scanet_node.synth.scanner import (
+from scanet_node.synth.scanner_geometry import (
     CTA_SLICE_CHOICES_MM,
     HEAD_CENTER_MNI,
     HEAD_SEMI_AXES_MM,
-    MAX_HU,
-    MIN_HU,
-    PADDING_HU,
     SKULL_BASE_MNI,
     UPPER_NECK_MNI,
     Pose,
     SeriesGeometry,
-    SliceRenderer,
     cta_geometry,
     localizer_geometry,
     mip_geometry,
     ncct_geometry,
+)
+from scanet_node.synth.scanner_render import (
+    MAX_HU,
+    MIN_HU,
+    PADDING_HU,
+    SliceRenderer,
     render_localizer,
     render_series,
     render_slice,
