@@ -146,7 +146,11 @@ def patient_key(ds: Dataset) -> str | None:
     patient_id = _raw_text(ds, 0x00100020)
     if not patient_id:
         return None
-    issuer = _raw_text(ds, 0x00100021)
+    return patient_key_of(_raw_text(ds, 0x00100021), patient_id)
+
+
+def patient_key_of(issuer: str, patient_id: str) -> str:
+    """The catalog's ``patient_key`` of an issuer and Patient ID (also used for registry rows)."""
     return hashlib.sha256(f"{issuer}\\{patient_id}".encode()).hexdigest()
 
 

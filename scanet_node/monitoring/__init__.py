@@ -1,0 +1,1 @@
+"""Is the model still right here: local outcomes, performance and input drift."""
