@@ -161,3 +161,33 @@ def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one() ->
     assert moved["scanner_model"].state == "drifted"
     few = drift.drift_report(reference, {"brain_volume_ml": [1300.0] * 5})
     assert few[0].state == "too few" and math.isnan(few[0].psi)
+
+
+def test_intensity_descriptors_are_the_inputs_percentiles_inside_the_brain_in_hu() -> None:
+    from scanet_node.monitoring.descriptors import intensity_descriptors
+
+    tensor = np.zeros((2, 2, 4, 4), dtype=np.float32)
+    tensor[0, :, 1:3, 1:3] = np.linspace(0.2, 0.4, 8).reshape(2, 2, 2)
+    tensor[1, :, 1:3, 1:3] = 0.5
+    found = intensity_descriptors(tensor, ncct_window_hu=(0.0, 100.0), cta_window_hu=(0.0, 600.0))
+    assert found["ncct_p50_hu"] == pytest.approx(30.0)
+    assert found["ncct_p10_hu"] == pytest.approx(100 * np.percentile(np.linspace(0.2, 0.4, 8), 10))
+    assert found["cta_p99_hu"] == pytest.approx(300.0)
+
+
+def test_header_descriptors_tolerate_missing_tags() -> None:
+    from pydicom import Dataset
+
+    from scanet_node.monitoring.descriptors import header_descriptors
+
+    ncct = Dataset()
+    ncct.SliceThickness = "5"
+    ncct.Manufacturer = "ACME"
+    ncct.ManufacturerModelName = "Brainscan 64"
+    cta = Dataset()
+    assert header_descriptors(ncct, cta) == {
+        "ncct_slice_thickness_mm": 5.0,
+        "cta_slice_thickness_mm": None,
+        "scanner_model": "ACME Brainscan 64",
+    }
+    assert header_descriptors(None, cta) == {"cta_slice_thickness_mm": None, "scanner_model": None}
