@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,9 @@ class Cohort:
     clot_slabs: npt.NDArray[np.int64]  # -1 where unknown
     probabilities: npt.NDArray[np.float64]  # the synthetic truth, nan where unknown
     excluded: dict[str, str] = field(default_factory=dict)
+    #: Per case, what its preparation recorded of its inputs (``monitoring.descriptors``'
+    #: names: registration similarity, brain volume, ...); empty for template-space cases.
+    descriptors: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -89,11 +93,12 @@ def load_cohort(
     rows = read_labels(root / "labels.csv")
     cache = cache_dir or root / ".cache"
     tensors, ids, labels, slabs, probs = [], [], [], [], []
+    described: list[dict[str, Any]] = []
     excluded: dict[str, str] = {}
     for number, row in enumerate(rows, start=1):
         case = row["case_id"].strip()
         try:
-            tensor = _case_input(root, case, size, cache)
+            tensor, descriptors = _case_input(root, case, size, cache)
         except InputSizeError:
             raise
         except CohortError as exc:
@@ -101,6 +106,7 @@ def load_cohort(
             logger.warning("case %s left out: %s", case, exc)
         else:
             tensors.append(tensor)
+            described.append(descriptors)
             ids.append(case)
             labels.append(int(row["label"]))
             slabs.append(int(row["clot_slab"]) if row.get("clot_slab", "").strip() else -1)
@@ -118,21 +124,25 @@ def load_cohort(
         np.array(slabs, dtype=np.int64),
         np.array(probs, dtype=np.float64),
         excluded,
+        described,
     )
 
 
-def _case_input(root: Path, case: str, size: int, cache: Path) -> npt.NDArray[np.float16]:
+def _case_input(
+    root: Path, case: str, size: int, cache: Path
+) -> tuple[npt.NDArray[np.float16], dict[str, Any]]:
     cached = f"{case}-{size}-v{INPUT_VERSION}.npz"  # an older preparation is never reused
     for candidate in (root / "inputs" / f"{case}.npz", cache / cached):
         if candidate.is_file():
             with np.load(candidate) as npz:
                 tensor = np.asarray(npz["tensor"], dtype=np.float16)
+                descriptors = _recorded_descriptors(npz)
             if tensor.shape != (2, 26, size, size):
                 raise InputSizeError(
                     f"{candidate} holds a {tensor.shape} input; the model takes (2, 26, {size}, "
                     f"{size}): prepare the cohort at that size"
                 )
-            return tensor
+            return tensor, descriptors
     study = root / case
     if not study.is_dir():
         raise CohortError(f"neither inputs/{case}.npz nor a DICOM folder {case}/ exists")
@@ -148,7 +158,28 @@ def _case_input(root: Path, case: str, size: int, cache: Path) -> npt.NDArray[np
     tmp = cache / f".{cached}"
     np.savez_compressed(tmp, tensor=tensor)
     tmp.replace(cache / cached)
-    return tensor
+    return tensor, {k: prepared.qc[k] for k in _QC_DESCRIPTORS if k in prepared.qc}
+
+
+#: What a prepared study's QC records that drift monitoring describes its inputs by.
+_QC_DESCRIPTORS = ("registration_similarity", "brain_volume_ml")
+#: Names in a prepared cohort's ``inputs/<case>.npz`` (synth.prepared) -> descriptor names.
+_NPZ_DESCRIPTORS = {
+    "similarity": "registration_similarity",
+    "brain_volume_ml": "brain_volume_ml",
+    "ncct_slice_thickness_mm": "ncct_slice_thickness_mm",
+    "cta_slice_thickness_mm": "cta_slice_thickness_mm",
+    "scanner_model": "scanner_model",
+}
+
+
+def _recorded_descriptors(npz: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, name in _NPZ_DESCRIPTORS.items():
+        if key in npz.files:
+            value = npz[key]
+            found[name] = str(value) if value.dtype.kind in "US" else float(value)
+    return found
 
 
 def stratified_folds(labels: npt.ArrayLike, folds: int, seed: int) -> list[npt.NDArray[np.int64]]:

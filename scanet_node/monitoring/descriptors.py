@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 #: Percentiles kept of each channel, by descriptor name.
-NCCT_PERCENTILES = {"ncct_p10_hu": 10, "ncct_p50_hu": 50, "ncct_p90_hu": 90}
-CTA_PERCENTILES = {"cta_p50_hu": 50, "cta_p90_hu": 90, "cta_p99_hu": 99}
+NCCT_PERCENTILES = {"ncct_p10_hu": 10, "ncct_p50_hu": 50, "ncct_p75_hu": 75}
+CTA_PERCENTILES = {"cta_p50_hu": 50, "cta_p75_hu": 75, "cta_p90_hu": 90}
 
 
 def intensity_descriptors(

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,8 @@ def prepare_study(job: tuple[Path, StudyPlan, int, bool]) -> tuple[str, str | No
             study_instance_uid=np.array(manifest["study_instance_uid"]),
             clot_error_mm=np.float32(error),
             similarity=np.float32(prepared.qc["registration_similarity"]),
+            # what drift monitoring describes a study's inputs by (monitoring.descriptors)
+            **_descriptors(Path(tmp) / plan.case_id, prepared),
             # where the clot truly is, and the registration's affine, so that an evaluation
             # can map the model's attention back into the patient as the node does
             clot_center_patient=np.array(occlusion["clot_center_patient"], dtype=np.float64),
@@ -78,6 +81,31 @@ def prepare_study(job: tuple[Path, StudyPlan, int, bool]) -> tuple[str, str | No
         )
         partial.replace(target)
     return plan.case_id, None
+
+
+def _descriptors(study_dir: Path, prepared: Any) -> dict[str, Any]:
+    from pydicom import dcmread
+
+    from scanet_node.monitoring.descriptors import header_descriptors
+
+    headers: dict[str, Any] = {}
+    wanted = {prepared.ncct_series_uid: "ncct", prepared.cta_series_uid: "cta"}
+    for path in sorted(study_dir.rglob("*")):
+        if len(headers) == len(wanted):
+            break
+        if not path.is_file():
+            continue
+        ds = dcmread(path, stop_before_pixels=True, force=True)
+        role = wanted.get(str(ds.get("SeriesInstanceUID", "")))
+        if role is not None:
+            headers.setdefault(role, ds)
+    found = header_descriptors(headers.get("ncct"), headers.get("cta"))
+    found["brain_volume_ml"] = prepared.qc["brain_volume_ml"]
+    return {
+        k: np.array(v) if isinstance(v, str) else np.float32(v)
+        for k, v in found.items()
+        if v is not None
+    }
 
 
 def generate_prepared_cohort(

@@ -30,6 +30,9 @@ def test_prepared_cohort_is_what_prepare_makes_and_resumes(
         assert float(npz["similarity"]) > 0.7
         assert 0.0 <= float(npz["clot_error_mm"]) < 8.0  # the registration's residual
         assert str(npz["study_instance_uid"]).startswith("1.2.826.0.1.3680043")
+        assert 900 < float(npz["brain_volume_ml"]) < 1900
+        assert float(npz["ncct_slice_thickness_mm"]) > float(npz["cta_slice_thickness_mm"]) > 0
+        assert str(npz["scanner_model"])
     header = (out / "labels.csv").read_text().splitlines()[0]
     assert header.startswith("case_id,") and header.endswith(",clot_slab")
     assert (out / "excluded.csv").read_text().strip() == "case_id,reason"
@@ -37,6 +40,15 @@ def test_prepared_cohort_is_what_prepare_makes_and_resumes(
     cohort = load_cohort(out, 32)
     assert cohort.inputs.shape == (2, 2, 26, 32, 32) and not cohort.excluded
     assert list(cohort.clot_slabs) == [clot_slab(plan_study(9, i)) for i in range(2)]
+    recorded = cohort.descriptors[1]
+    assert recorded["registration_similarity"] > 0.7
+    assert set(recorded) == {
+        "registration_similarity",
+        "brain_volume_ml",
+        "ncct_slice_thickness_mm",
+        "cta_slice_thickness_mm",
+        "scanner_model",
+    }
 
     # A second run with one more study prepares only the new one.
     before = [p.stat().st_mtime_ns for p in inputs]
