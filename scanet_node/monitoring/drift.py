@@ -12,6 +12,13 @@ way and compared by the population stability index,
 a symmetric divergence used for score and feature drift in credit and clinical models. The
 usual reading, kept here as the limits: below 0.1 stable, 0.1 to 0.25 a moderate shift,
 above 0.25 a shift worth a look (:data:`PSI_WARN`).
+
+A small sample drifts by chance: with no shift at all, ``n * PSI`` is about chi-squared with
+``bins - 1`` degrees of freedom (times ``1 + n / reference_n``), so 30 studies in ten bins
+give a PSI near 0.3 one time in ten. A descriptor is therefore called drifted only when its
+PSI is above both 0.25 and the PSI that no shift would exceed once in a hundred with that
+many studies (moderate: both 0.1 and once in twenty); from about 100 studies on, the fixed
+limits decide.
 """
 
 from __future__ import annotations
@@ -30,9 +37,8 @@ PSI_WARN = 0.25
 PSI_MODERATE = 0.1
 #: Fewer recent studies than this give no PSI: ten bins need a few studies each.
 MIN_STUDIES = 30
-#: Shares are floored at this before the logarithm, so an empty bin gives a finite PSI.
-_FLOOR = 1e-4
 _OTHER = "(other)"
+_Z_ONE_IN_100, _Z_ONE_IN_20 = 2.326, 1.645
 
 #: The descriptors kept for every analysed study, with their unit (empty for names).
 DESCRIPTORS: dict[str, str] = {
@@ -83,12 +89,27 @@ def reference_from(values: Mapping[str, Sequence[Any]], bins: int = 10) -> dict[
     return reference
 
 
-def _psi(expected: Sequence[float], actual: Sequence[float]) -> float:
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e, a = max(e, _FLOOR), max(a, _FLOOR)
-        total += (a - e) * math.log(a / e)
-    return total
+def chance_psi(bins: int, n: int, reference_n: int, *, z: float) -> float:
+    """The PSI that ``n`` studies with no shift exceed with the normal tail probability of ``z``.
+
+    ``n * PSI / (1 + n / reference_n)`` is about chi-squared with ``bins - 1`` degrees of
+    freedom; its quantile by the Wilson-Hilferty approximation.
+    """
+    k = max(bins - 1, 1)
+    quantile = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+    return quantile / n * (1 + n / max(reference_n, 1))
+
+
+def _smoothed(counts: Sequence[float]) -> list[float]:
+    # half a study added to every bin (Jeffreys): an empty bin gives a finite, modest term
+    total = sum(counts) + 0.5 * len(counts)
+    return [(c + 0.5) / total for c in counts]
+
+
+def _psi(expected_shares: Sequence[float], reference_n: int, counts: Sequence[float]) -> float:
+    expected = _smoothed([share * reference_n for share in expected_shares])
+    actual = _smoothed(counts)
+    return sum((a - e) * math.log(a / e) for e, a in zip(expected, actual, strict=True))
 
 
 def psi(reference: Mapping[str, Any], values: Sequence[Any]) -> float:
@@ -101,14 +122,13 @@ def psi(reference: Mapping[str, Any], values: Sequence[Any]) -> float:
         named = Counter(str(v) if str(v) in known else _OTHER for v in present)
         names = [*known, _OTHER]
         expected = [known.get(k, 0.0) for k in names]
-        actual = [named.get(k, 0) / len(present) for k in names]
-        return _psi(expected, actual)
+        return _psi(expected, reference["n"], [named.get(k, 0) for k in names])
     edges = np.asarray(reference["edges"], dtype=np.float64)
     counts = np.bincount(
         np.searchsorted(edges, np.asarray(present, dtype=np.float64), side="right"),
         minlength=len(edges) + 1,
     )
-    return _psi(reference["shares"], list(counts / len(present)))
+    return _psi(reference["shares"], reference["n"], [float(c) for c in counts])
 
 
 @dataclass(frozen=True)
@@ -146,7 +166,11 @@ def drift_report(
             )
             continue
         value = psi(reference[name], values)
-        state = "drifted" if value > PSI_WARN else "moderate" if value > PSI_MODERATE else "stable"
+        ref = reference[name]
+        bins = len(ref["shares"]) + (1 if ref["kind"] == "categorical" else 0)
+        warn = max(PSI_WARN, chance_psi(bins, len(values), ref["n"], z=_Z_ONE_IN_100))
+        moderate = max(PSI_MODERATE, chance_psi(bins, len(values), ref["n"], z=_Z_ONE_IN_20))
+        state = "drifted" if value > warn else "moderate" if value > moderate else "stable"
         report.append(
             DescriptorDrift(name, value, len(values), state, median, reference[name]["n"])
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -138,6 +138,16 @@ def test_too_few_outcomes_give_counts_not_figures() -> None:
     assert result.as_dict()["overall"]["roc_auc"] is None
 
 
+def test_the_chance_psi_matches_simulation_without_shift() -> None:
+    rng = np.random.default_rng(4)
+    reference = drift.reference_from({"x": rng.normal(0, 1, 2000).tolist()})
+    values = [drift.psi(reference["x"], rng.normal(0, 1, 60).tolist()) for _ in range(2000)]
+    simulated = float(np.quantile(values, 0.99))
+    predicted = drift.chance_psi(10, 60, 2000, z=2.326)
+    assert predicted == pytest.approx(simulated, rel=0.15)
+    assert predicted > drift.PSI_WARN  # 60 studies alone would pass 0.25 by chance
+
+
 def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one() -> None:
     rng = np.random.default_rng(11)
     training = {
@@ -191,3 +201,72 @@ def test_header_descriptors_tolerate_missing_tags() -> None:
         "scanner_model": "ACME Brainscan 64",
     }
     assert header_descriptors(None, cta) == {"cta_slice_thickness_mm": None, "scanner_model": None}
+
+
+def _records(rng: np.random.Generator, n: int, *, shift: float, when: datetime) -> list:
+    from scanet_node.monitoring.report import Record
+
+    out = []
+    for _ in range(n):
+        p = float(rng.uniform(0.05, 0.95))
+        grade = "2c" if rng.random() < p else "2a"
+        out.append(
+            Record(
+                analysed_at=when,
+                month_only=False,
+                probability=p,
+                grade=grade,
+                descriptors={"brain_volume_ml": float(rng.normal(1300 + shift, 100))},
+            )
+        )
+    return out
+
+
+def test_the_report_warns_of_drift_and_of_a_local_auc_below_the_card() -> None:
+    from scanet_node.monitoring.report import build_report
+
+    rng = np.random.default_rng(2)
+    now = datetime(2026, 12, 6, 12)
+    reference = drift.reference_from(
+        {
+            "brain_volume_ml": rng.normal(1300, 100, 1000).tolist(),
+            "probability": rng.uniform(0.05, 0.95, 1000).tolist(),
+        }
+    )
+    calm = _records(rng, 120, shift=0, when=now - timedelta(days=3))
+    report = build_report(
+        calm, threshold=0.5, card={"roc_auc": 0.75}, reference=reference, now=now, resamples=200
+    )
+    assert report.warnings == []
+    assert report.with_outcome == 120 and report.drift_studies == 120
+    assert {d.name for d in report.drift} == {"brain_volume_ml", "probability"}
+    assert not [d for d in report.drift if d.state == "drifted"]
+
+    moved = _records(rng, 120, shift=250, when=now - timedelta(days=3))
+    report = build_report(
+        moved, threshold=0.5, card={"roc_auc": 0.99}, reference=reference, now=now, resamples=200
+    )
+    assert [w.split(":")[0] for w in report.warnings] == ["drift", "performance"]
+    assert "brain_volume_ml" in report.warnings[0]
+    plain = report.as_dict()
+    assert plain["performance"]["overall"]["n"] == 120
+
+
+def test_old_and_purged_records_count_by_their_month() -> None:
+    from scanet_node.monitoring.report import Record
+
+    record = Record(datetime(2026, 11, 1), True, 0.5, None, {})
+    assert record.month == "2026-11"
+    assert record.since(datetime(2026, 11, 20))  # some day of November
+    assert not record.since(datetime(2026, 12, 1))
+    live = Record(datetime(2026, 11, 5), False, 0.5, None, {})
+    assert not live.since(datetime(2026, 11, 20))
+
+
+def test_the_plots_are_pngs() -> None:
+    from scanet_node.monitoring.plots import reliability_png, roc_png
+
+    assert (
+        roc_png({"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1]}, auc=0.7, n=30)[:8] == b"\x89PNG\r\n\x1a\n"
+    )
+    assert reliability_png({})[:4] == b"\x89PNG"
