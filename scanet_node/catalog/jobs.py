@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from scanet_node.catalog import monitoring
 from scanet_node.catalog.models import (
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
     Job,
+    JobOutcome,
     JobStatus,
     Role,
     Series,
@@ -402,12 +404,14 @@ class JobQueue:
         timings: dict[str, float],
         destinations: Sequence[Any],
         failed: bool = False,
+        descriptors: dict[str, Any] | None = None,
     ) -> bool:
         """Mark a job done and queue one delivery per destination, in one transaction.
 
         ``failed`` records it as failed for good instead, with the report that says so (a
         "not analysable" SR) delivered like any result. False (and nothing changes) when the
-        lease was lost to another worker.
+        lease was lost to another worker. An analysed job's prediction and input
+        ``descriptors`` are kept for monitoring (:func:`catalog.monitoring.record`).
         """
         now = utcnow()
         with self.catalog.write() as session:
@@ -426,6 +430,17 @@ class JobQueue:
             job.finished_at = now
             job.lease_owner = None
             job.lease_expires_at = None
+            if outcome == JobOutcome.ANALYSED and probability is not None and not failed:
+                monitoring.record(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    job_id=job.id,
+                    model=model,
+                    probability=probability,
+                    positive=positive,
+                    descriptors=descriptors or {},
+                    at=now,
+                )
             for dest in destinations:
                 session.add(
                     Delivery(

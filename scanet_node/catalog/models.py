@@ -1,4 +1,5 @@
-"""The catalog's tables: Study, Series, Instance, Job, Delivery, DeliveryAttempt, PurgeAudit.
+"""The catalog's tables: Study, Series, Instance, Job, Delivery, DeliveryAttempt, PurgeAudit,
+MonitoringRecord.
 
 Identifiers of the patient are not kept in clear: ``patient_key`` is a SHA-256 of
 the issuer and Patient ID, enough to pair series of one patient across studies.
@@ -112,6 +113,8 @@ class Study(Base):
     patient_key: Mapped[str | None] = mapped_column(String(64), index=True)
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
+    #: To match the stroke registry's outcome rows (``outcomes import``) by accession.
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)
@@ -308,3 +311,33 @@ class PurgeAudit(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     deliveries_sent: Mapped[int] = mapped_column(Integer, default=0)
     deliveries_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MonitoringRecord(Base):
+    """What monitoring keeps of one analysed study: its prediction, input descriptors, outcome.
+
+    One row per study, replaced when the study is analysed again (an amended result). While the
+    study is in the catalog the row names it (``study_instance_uid``, ``job_id``); when
+    retention purges the study the row stays, de-identified: no UID, no job, no procedure key,
+    and its dates cut to the first of their month (``month_only``). So the local performance
+    and drift figures outlive the images.
+    """
+
+    __tablename__ = "monitoring"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    analysed_at: Mapped[datetime] = mapped_column(DateTime)
+    month_only: Mapped[bool] = mapped_column(default=False)
+    model: Mapped[str | None] = mapped_column(String(120))
+    probability: Mapped[float] = mapped_column(Float)
+    positive: Mapped[bool | None] = mapped_column()
+    #: JSON object of ``monitoring.descriptors`` values.
+    descriptors: Mapped[str] = mapped_column(Text, default="{}")
+    #: The final mTICI grade (``0 1 2a 2b 2c 3``) from ``outcomes import``.
+    grade: Mapped[str | None] = mapped_column(String(2))
+    #: Which registry procedure gave the grade (``OutcomeRow.procedure_key``).
+    procedure_key: Mapped[str | None] = mapped_column(String(200))
+    procedure_date: Mapped[datetime | None] = mapped_column(DateTime)
+    outcome_imported_at: Mapped[datetime | None] = mapped_column(DateTime)

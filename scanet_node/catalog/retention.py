@@ -32,6 +32,7 @@ from scanet_node.catalog.models import (
     SeriesState,
     Study,
 )
+from scanet_node.catalog.monitoring import deidentify
 from scanet_node.catalog.store import Catalog, utcnow
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,7 @@ class RetentionStore:
                 for study_id, uid, _ in found
             ]
             session.add_all(audits)
+            deidentify(session, uids)  # the prediction, descriptors and grade stay
             self._delete_rows(session, uids, study_ids)
             session.flush()
             return [AuditInfo.from_row(a) for a in audits]

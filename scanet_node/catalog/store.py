@@ -53,6 +53,7 @@ class InstanceRecord:
     patient_key: str | None = None
     study_date: str | None = None
     study_description: str | None = None
+    accession_number: str | None = None
     modality: str | None = None
     series_number: int | None = None
     series_description: str | None = None
@@ -281,6 +282,7 @@ class Catalog:
                 patient_key=p("patient_key"),
                 study_date=p("study_date"),
                 study_description=p("study_description"),
+                accession_number=p("accession_number"),
                 num_instances=0,
                 first_received_at=p("at"),
                 last_received_at=p("at"),
@@ -360,6 +362,7 @@ class Catalog:
             "p_patient_key": rec.patient_key,
             "p_study_date": rec.study_date,
             "p_study_description": rec.study_description,
+            "p_accession_number": rec.accession_number,
             "p_at": rec.received_at,
             "p_modality": rec.modality,
             "p_sop_class_uid": rec.sop_class_uid,

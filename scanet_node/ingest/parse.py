@@ -42,6 +42,7 @@ class Identity:
     patient_key: str | None
     study_date: str | None
     study_description: str | None
+    accession_number: str | None
     modality: str | None
     series_number: int | None
     series_description: str | None
@@ -183,6 +184,7 @@ def identify(ds: Dataset, affected_sop_class: str, affected_sop_instance: str) -
         patient_key=patient_key(ds),
         study_date=_text(ds, "StudyDate", 8),
         study_description=_text(ds, "StudyDescription", 64),
+        accession_number=_text(ds, "AccessionNumber", 16),
         modality=_text(ds, "Modality", 16),
         series_number=_number(ds, "SeriesNumber", int),
         series_description=_text(ds, "SeriesDescription", 64),

@@ -218,9 +218,12 @@ def test_a_catalog_of_an_earlier_schema_is_upgraded_in_place(tmp_path: Path) -> 
     catalog.record_instance(record(study, generate_uid()))
     catalog.close()
     # What issue 6's scanet-node made: no purge_audit, no job.worker_stops, no
-    # series.released_at, no alembic_version.
+    # series.released_at, no monitoring, no study.accession_number, no alembic_version.
     with sqlite3.connect(tmp_path / "catalog.sqlite") as con:
         con.execute("DROP TABLE purge_audit")
+        con.execute("DROP TABLE monitoring")
+        con.execute("DROP INDEX ix_study_accession_number")
+        con.execute("ALTER TABLE study DROP COLUMN accession_number")
         con.execute("ALTER TABLE job DROP COLUMN worker_stops")
         con.execute("ALTER TABLE series DROP COLUMN released_at")
         con.execute("DROP TABLE alembic_version")
