@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -54,6 +54,8 @@ class Analysis:
     results_dir: Path
     files: list[Path]
     timings: dict[str, float] = field(default_factory=dict)
+    #: An analysed study's input descriptors, kept for drift monitoring (monitoring.descriptors).
+    descriptors: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,14 +139,25 @@ def analyse(
     inputs = _load_inputs(job, queue, spool_root)
     timings = {"load": time.perf_counter() - started}
     algorithm = algorithm_info(predictor)
+    descriptors: dict[str, Any] = {}
     if job.missing:
         result = _partner_missing(job.missing, algorithm, settings)
     else:
         with _linked_inputs(_results_dir(settings, job) / "input", job, inputs) as links:
             result = _analyse_pair(
-                links, inputs, algorithm, settings, predictor, spool_root, timings, started
+                links,
+                inputs,
+                algorithm,
+                settings,
+                predictor,
+                spool_root,
+                timings,
+                started,
+                descriptors,
             )
-    return _report(job, result, inputs, queue, settings, timings, started)
+    analysis = _report(job, result, inputs, queue, settings, timings, started)
+    analysis.descriptors = descriptors
+    return analysis
 
 
 def _partner_missing(missing: str, algorithm: AlgorithmInfo, settings: Settings) -> AnalysisResult:
@@ -172,9 +185,11 @@ def _analyse_pair(
     spool_root: Path,
     timings: dict[str, float],
     started: float,
+    descriptors: dict[str, Any],
 ) -> AnalysisResult:
     """Prepare the NCCT + CTA, run the model and draw its attention; the QC refusal that
-    stopped it instead, if any. Adds the stages' seconds to ``timings``."""
+    stopped it instead, if any. Adds the stages' seconds to ``timings`` and the inputs'
+    descriptors for drift monitoring to ``descriptors``."""
     from scanet_node.imaging.qc import NotAnalysable
     from scanet_node.results.types import AnalysisResult
 
@@ -197,6 +212,7 @@ def _analyse_pair(
     shown = _overlays(model_input, prediction, attention, inputs, settings.results.overlay_slices)
     point, point_slab = model_input.attention_point(attention)
     timings["overlay"] = time.perf_counter() - tic
+    descriptors.update(_descriptors(model_input, inputs, prediction.probability))
     return AnalysisResult(
         status=JobOutcome.ANALYSED,
         algorithm=algorithm,
@@ -207,6 +223,22 @@ def _analyse_pair(
         attention_point=(float(point[0]), float(point[1]), float(point[2])),
         attention_slab=point_slab,
         qc=dict(model_input.qc),
+    )
+
+
+def _descriptors(model_input: ModelInput, inputs: JobInputs, probability: float) -> dict[str, Any]:
+    """What drift monitoring keeps of this study's inputs (monitoring.descriptors)."""
+    from scanet_node.imaging.model_input import CTA_WINDOW_HU, NCCT_WINDOW_HU
+    from scanet_node.monitoring.descriptors import study_descriptors
+
+    return study_descriptors(
+        model_input.tensor,
+        model_input.qc,
+        ncct_header=inputs.ncct[0] if inputs.ncct else None,
+        cta_header=inputs.cta[0] if inputs.cta else None,
+        probability=probability,
+        ncct_window_hu=NCCT_WINDOW_HU,
+        cta_window_hu=CTA_WINDOW_HU,
     )
 
 

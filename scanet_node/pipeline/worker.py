@@ -403,6 +403,7 @@ class Worker:
             timings=analysis.timings,
             destinations=self.settings.destinations,
             failed=failed,
+            descriptors=analysis.descriptors,
         )
 
     def _answer_failure(self, job: JobInfo, reason: str, words: str) -> None:

@@ -286,6 +286,16 @@ def test_the_ncct_is_prepared_while_the_cta_arrives(
     assert job.timings["ncct_ahead"] > 0  # the job took the NCCT prepared before it
     assert "prepared before its CTA" in node.log_text()
     assert "sender done" in node.log_text()
+    # What drift monitoring keeps of the study (issue 18), filed with the job.
+    from scanet_node.catalog.monitoring import MonitoringStore
+
+    (record,) = MonitoringStore(queue.catalog).records()
+    assert record.probability == pytest.approx(job.probability)
+    kept = record.descriptors
+    assert kept["registration_similarity"] > 0.7 and 900 < kept["brain_volume_ml"] < 1900
+    assert 15 < kept["ncct_p50_hu"] < 50 and kept["cta_p90_hu"] > kept["cta_p50_hu"]
+    assert kept["ncct_slice_thickness_mm"] > kept["cta_slice_thickness_mm"] > 0
+    assert kept["scanner_model"]
 
 
 def _correlation(a: Any, b: Any) -> float:
