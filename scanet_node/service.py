@@ -18,12 +18,14 @@ from typing import Any
 from scanet_node.admin import AdminServer, NodeView
 from scanet_node.catalog import Catalog
 from scanet_node.catalog.jobs import JobQueue
+from scanet_node.catalog.monitoring import MonitoringStore
 from scanet_node.catalog.overview import Overview
 from scanet_node.config import DEFAULT_CHECKPOINT, Settings
 from scanet_node.imaging.classify import rules_from_settings
 from scanet_node.ingest.handlers import StoreService
 from scanet_node.ingest.server import Listener
 from scanet_node.ingest.spool import Spool
+from scanet_node.monitoring.live import Monitor
 from scanet_node.pipeline.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class Node:
         self.catalog = Catalog(settings.catalog_url)
         self.spool = Spool(settings.node.spool_dir, settings.node.min_free_disk_mb * 1024 * 1024)
         self.listener = Listener(settings, StoreService(self.catalog, self.spool))
+        self.monitor = Monitor(
+            MonitoringStore(self.catalog), settings.model.checkpoint or DEFAULT_CHECKPOINT
+        )
         self.scheduler = Scheduler(
             self.catalog,
             settings.pipeline.series_settle_seconds,
@@ -100,6 +105,7 @@ class Node:
             disk_free_bytes=self.spool.free_bytes,
             min_free_bytes=self.spool.min_free_bytes,
             accepting_instances=lambda free: self.spool.has_room(free=free),
+            monitoring=self.monitor.report,
         )
 
     def _listener_address(self) -> tuple[str, int] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -24,6 +25,9 @@ from prometheus_client.registry import Collector
 
 from scanet_node.catalog.models import DeliveryStatus
 from scanet_node.catalog.overview import MetricFigures
+
+if TYPE_CHECKING:
+    from scanet_node.monitoring.report import MonitoringReport
 
 #: Upper bounds (seconds) of the turnaround histogram: last input received -> delivered.
 TURNAROUND_BUCKETS = (10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0)
@@ -195,10 +199,73 @@ def _histogram(
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=sum(ordered))
 
 
-def build_registry(collector: NodeCollector) -> CollectorRegistry:
-    """A registry holding just ``collector``."""
+class MonitoringCollector(Collector):
+    """The monitoring report's figures: local performance, drift, warnings (issue 18).
+
+    ``nan`` where a figure is undefined (too few outcomes), as Prometheus expects.
+    """
+
+    #: Report figure -> metric name suffix, help.
+    FIGURES = (
+        ("n", "outcomes", "Analysed studies with an imported outcome."),
+        ("prevalence", "prevalence", "Share of outcomes with mTICI >= 2c."),
+        ("roc_auc", "roc_auc", "ROC-AUC of the predictions against the outcomes."),
+        ("roc_auc_low", "roc_auc_low", "Lower bound of the ROC-AUC's 95 % bootstrap interval."),
+        ("roc_auc_high", "roc_auc_high", "Upper bound of the ROC-AUC's 95 % bootstrap interval."),
+        ("brier", "brier", "Brier score of the predictions against the outcomes."),
+        (
+            "calibration_in_the_large",
+            "calibration_in_the_large",
+            "Logistic intercept with the prediction's logit as offset (0 is ideal).",
+        ),
+        ("calibration_slope", "calibration_slope", "Logistic slope on the logit (1 is ideal)."),
+        ("sensitivity", "sensitivity", "Sensitivity at the model's threshold."),
+        ("specificity", "specificity", "Specificity at the model's threshold."),
+    )
+
+    def __init__(self, report: Callable[[], MonitoringReport]) -> None:
+        self._report = report
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing to describe ahead: registering must not build the report."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """The figures of the (cached) report; nothing when it cannot be built."""
+        try:
+            report = self._report()
+        except Exception:
+            return
+        overall, card = report.performance.overall, report.performance.card
+        for name, suffix, documentation in self.FIGURES:
+            gauge = GaugeMetricFamily(
+                f"scanet_monitoring_{suffix}", documentation, labels=["source"]
+            )
+            gauge.add_metric(["local"], float(getattr(overall, name)))
+            if name in card:
+                gauge.add_metric(["model_card"], float(card[name]))
+            yield gauge
+        psi = GaugeMetricFamily(
+            "scanet_monitoring_drift_psi",
+            f"Population stability index of each input descriptor over the last "
+            f"{report.drift_days} days against the training cohort (nan: too few studies).",
+            labels=["descriptor"],
+        )
+        for d in report.drift:
+            psi.add_metric([d.name], d.psi)
+        yield psi
+        yield GaugeMetricFamily(
+            "scanet_monitoring_warnings",
+            "Monitoring warnings (drifted descriptors, local ROC-AUC below the card's).",
+            value=len(report.warnings),
+        )
+
+
+def build_registry(*collectors: Collector) -> CollectorRegistry:
+    """A registry holding just ``collectors``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     return registry
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -26,6 +27,7 @@ from urllib.parse import urlencode
 
 from scanet_node.admin.metrics import (
     CONTENT_TYPE,
+    MonitoringCollector,
     NodeCollector,
     ProcessFigures,
     build_registry,
@@ -120,7 +122,8 @@ class Pages:
         self.settings = view.settings
         self.results_bytes = _FolderSize(self.settings.results_dir, RESULTS_SIZE_TTL_SECONDS)
         self.registry = build_registry(
-            NodeCollector(self._process_figures, view.overview.metric_figures)
+            NodeCollector(self._process_figures, view.overview.metric_figures),
+            MonitoringCollector(view.monitoring),
         )
 
     def _process_figures(self) -> ProcessFigures:
@@ -150,6 +153,10 @@ class Pages:
             return self.study_page(request, path[len("/studies/") :])
         if path == "/jobs":
             return self.jobs_page(request)
+        if path == "/performance":
+            return self.performance_page(request)
+        if path in ("/performance/roc.png", "/performance/reliability.png"):
+            return self.performance_png(path.rsplit("/", 1)[1])
         match = _JOB_PATH.match(path)
         if match:
             job_id = int(match.group(1))
@@ -187,6 +194,9 @@ class Pages:
         body = {
             "status": "ok" if not reasons else "unavailable",
             "reasons": reasons,
+            # Monitoring's warnings (drift, local performance) say something is worth a look;
+            # the node still works, so they never change the status.
+            "warnings": self._monitoring_warnings(),
             "listener": listener,
             "catalog": catalog,
             "accepting_instances": accepting,
@@ -197,6 +207,39 @@ class Pages:
             (json.dumps(body) + "\n").encode(),
             content_type="application/json",
         )
+
+    def _monitoring_warnings(self) -> list[str]:
+        try:
+            return list(self.view.monitoring().warnings)
+        except Exception as exc:
+            logger.warning("monitoring report failed: %s", exc)
+            return [f"monitoring unavailable ({type(exc).__name__})"]
+
+    # -- /performance ---------------------------------------------------------------------
+
+    def performance_page(self, request: Request) -> Response:
+        """Local performance against the imported outcomes, and input drift."""
+        from scanet_node.admin.performance import performance_body
+
+        body = performance_body(
+            self.view.monitoring(),
+            request.href("/performance/roc.png"),
+            request.href("/performance/reliability.png"),
+        )
+        return _html("Performance", body, request)
+
+    def performance_png(self, name: str) -> Response:
+        """The ROC or the reliability plot of the local outcomes."""
+        from scanet_node.monitoring.plots import reliability_png, roc_png
+
+        performance = self.view.monitoring().performance
+        if name == "roc.png":
+            overall = performance.overall
+            auc = None if math.isnan(overall.roc_auc) else overall.roc_auc
+            data = roc_png(performance.roc, auc=auc, n=overall.n)
+        else:
+            data = reliability_png(performance.reliability)
+        return Response(HTTPStatus.OK, data, content_type="image/png")
 
     # -- / ----------------------------------------------------------------------------------
 

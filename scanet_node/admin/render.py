@@ -19,7 +19,13 @@ from string import Template
 
 #: Seconds between automatic reloads of a page.
 REFRESH_SECONDS = 10
-_NAV = (("/", "Overview"), ("/studies", "Studies"), ("/jobs", "Jobs"), ("/metrics", "Metrics"))
+_NAV = (
+    ("/", "Overview"),
+    ("/studies", "Studies"),
+    ("/jobs", "Jobs"),
+    ("/performance", "Performance"),
+    ("/metrics", "Metrics"),
+)
 
 
 class Html(str):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from scanet_node.catalog.overview import Overview
     from scanet_node.config import Settings
     from scanet_node.ingest.handlers import AssociationRecord
+    from scanet_node.monitoring.report import MonitoringReport
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,6 @@ class NodeView:
     min_free_bytes: int
     #: Whether instances are accepted with this many bytes free (the low-disk guard).
     accepting_instances: Callable[[int], bool]
+    #: The monitoring report: local performance against imported outcomes, input drift
+    #: (cached by the node for a minute).
+    monitoring: Callable[[], MonitoringReport]

@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from scanet_node.catalog.models import Job, JobOutcome, JobStatus, MonitoringRecord, Study
+from scanet_node.catalog.models import (
+    Job,
+    JobOutcome,
+    JobStatus,
+    MonitoringRecord,
+    Series,
+    Study,
+)
 from scanet_node.catalog.store import Catalog, utcnow
 from scanet_node.monitoring.outcomes import OutcomeRow
 from scanet_node.monitoring.report import Record
@@ -157,7 +164,7 @@ class MonitoringStore:
             return RowResult(row.line, Matched.UNMATCHED, f"no study with {named} in the catalog")
         records = session.scalars(
             select(MonitoringRecord)
-            .where(MonitoringRecord.study_instance_uid.in_(uids))
+            .where(MonitoringRecord.study_instance_uid.in_(_with_paired_studies(session, uids)))
             .with_for_update()
         ).all()
         if not records:
@@ -195,11 +202,14 @@ class MonitoringStore:
 
 def _studies_named(session: Session, row: OutcomeRow) -> tuple[list[str], str]:
     if row.study_instance_uid:
-        query = select(Study.study_instance_uid).where(
-            Study.study_instance_uid == row.study_instance_uid
-        )
-        named = "this Study Instance UID"
-    elif row.accession_number:
+        # The results are filed in the job's study, which may hold no image of its own (a
+        # CTA filed under its own study, paired with the NCCT's): ask the jobs too.
+        uid = row.study_instance_uid
+        known = session.scalar(
+            select(Study.id).where(Study.study_instance_uid == uid).limit(1)
+        ) or session.scalar(select(Job.id).where(Job.study_instance_uid == uid).limit(1))
+        return ([uid] if known is not None else []), "this Study Instance UID"
+    if row.accession_number:
         query = select(Study.study_instance_uid).where(
             Study.accession_number == row.accession_number
         )
@@ -212,6 +222,19 @@ def _studies_named(session: Session, row: OutcomeRow) -> tuple[list[str], str]:
         )
         named = "this patient and CT date"
     return list(session.scalars(query)), named
+
+
+def _with_paired_studies(session: Session, uids: Sequence[str]) -> list[str]:
+    """``uids`` and the studies whose jobs read a series of them: a study's NCCT paired with a
+    CTA filed under another study has its result (and monitoring row) in that other study."""
+    series = select(Series.series_instance_uid).join(Study, Study.id == Series.study_id)
+    series = series.where(Study.study_instance_uid.in_(uids))
+    paired = session.scalars(
+        select(Job.study_instance_uid)
+        .where(or_(Job.ncct_series_uid.in_(series), Job.cta_series_uid.in_(series)))
+        .distinct()
+    )
+    return sorted({*uids, *paired})
 
 
 def _why_not_analysed(session: Session, uids: Sequence[str]) -> str:

@@ -77,6 +77,10 @@ class ModelCard:
     code_version: str = ""
     weights_sha256: str = ""
     parameters: int = 0
+    #: The training cohort's distribution of each input descriptor and of the predicted
+    #: probability, which drift monitoring compares a site's studies with
+    #: (``monitoring.drift.reference_from``); empty for a card made before it existed.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arch(self) -> Architecture:
@@ -160,8 +164,30 @@ class ModelCard:
             "```json",
             json.dumps(self.metrics, indent=2),
             "```",
+            *self._reference_lines(),
         ]
         return "\n".join(lines) + "\n"
+
+    def _reference_lines(self) -> list[str]:
+        if not self.reference:
+            return []
+        lines = [
+            "## Drift reference",
+            "",
+            "What drift monitoring compares a site's last 30 days with (population stability "
+            "index per descriptor; `scanet-node performance`):",
+            "",
+            "| Descriptor | Studies | Reference |",
+            "|---|---|---|",
+        ]
+        for name, ref in self.reference.items():
+            if ref.get("kind") == "categorical":
+                shown = ", ".join(f"{k} {v:.0%}" for k, v in ref.get("shares", {}).items())
+            else:
+                edges = ref.get("edges", [])
+                shown = f"deciles {edges[0]:.4g} to {edges[-1]:.4g}" if edges else "one value"
+            lines.append(f"| {name} | {ref.get('n', 0)} | {shown} |")
+        return lines
 
 
 def _architecture(values: dict[str, Any]) -> Architecture:
@@ -216,13 +242,21 @@ def save_checkpoint(
     return card
 
 
-def update_card(path: Path, *, metrics: dict[str, Any]) -> ModelCard:
-    """Add ``metrics`` (e.g. a held-out evaluation) to a checkpoint's card; weights unchanged.
+def update_card(
+    path: Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> ModelCard:
+    """Add ``metrics`` (e.g. a held-out evaluation) and set the drift ``reference`` of a
+    checkpoint's card; weights unchanged.
 
     The file is rewritten atomically and its ``.md`` beside it; the weights' SHA-256 stays.
     """
     card, state = _read(path)
-    card.metrics = {**card.metrics, **metrics}
+    card.metrics = {**card.metrics, **(metrics or {})}
+    if reference is not None:
+        card.reference = reference
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "card": json.dumps(card.as_dict()), "state_dict": state}, buffer)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -450,6 +450,25 @@ def train_final(
         ),
         synthetic=synthetic,
     )
+    card.reference = training_reference(result.model, cohort, settings)
     save_checkpoint(out_path, result.model, card)
     out_path.with_name(f"state-final-{kind}.pt").unlink(missing_ok=True)
     return out_path
+
+
+def training_reference(model: Any, cohort: Cohort, settings: TrainSettings) -> dict[str, Any]:
+    """The cohort's descriptors and the trained model's predictions on it: the card's drift
+    reference (``monitoring.drift``)."""
+    from scanet_node.imaging.model_input import CTA_WINDOW_HU, NCCT_WINDOW_HU
+    from scanet_node.monitoring.reference import cohort_reference
+
+    probabilities = predict(
+        model, cohort.inputs, batch_size=settings.batch_size, cpu_bf16=settings.cpu_bf16
+    ).probabilities
+    return cohort_reference(
+        cohort.inputs,
+        cohort.descriptors,
+        [float(p) for p in probabilities],
+        ncct_window_hu=NCCT_WINDOW_HU,
+        cta_window_hu=CTA_WINDOW_HU,
+    )

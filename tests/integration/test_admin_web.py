@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series, iter_spool
@@ -472,3 +473,69 @@ def test_serve_prints_the_admin_url_and_serves_it(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "admin page on http://127.0.0.1:" in err
+
+
+def analysed_studies(node: Node, probabilities: list[float], grades: list[str]) -> list[str]:
+    """Studies analysed as a worker files them, with their registry outcomes imported."""
+    from scanet_node.catalog.monitoring import MonitoringStore
+    from scanet_node.monitoring.outcomes import parse_outcomes
+
+    queue = JobQueue(node.catalog)
+    uids = []
+    for n, p in enumerate(probabilities):
+        uid = generate_uid()
+        job = queue.create_job(JobSpec(uid, f"pk{n}", generate_uid(), generate_uid(), f"s{n}"))
+        assert job is not None and queue.claim_job("host-a:4242", 60) is not None
+        assert queue.finish_job(
+            job.id,
+            "host-a:4242",
+            outcome="analysed",
+            reason=None,
+            probability=p,
+            positive=p >= 0.5,
+            model="SCANet test",
+            sr_sop_instance_uid=generate_uid(),
+            results_dir="/nonexistent",
+            timings={},
+            destinations=[],
+            descriptors={"registration_similarity": 0.85, "brain_volume_ml": 1300.0 + n},
+        )
+        uids.append(uid)
+    today = utcnow().date()
+    rows = "".join(f"{u},{g},{today}\n" for u, g in zip(uids, grades, strict=True))
+    store = MonitoringStore(node.catalog)
+    summary = store.import_outcomes(
+        parse_outcomes(f"study_instance_uid,mtici,procedure_date\n{rows}", today=today)
+    )
+    assert summary.matched == len(uids)
+    return uids
+
+
+def test_the_performance_page_plots_and_gauges_report_the_local_outcomes(
+    node_factory: NodeFactory,
+) -> None:
+    from scanet_node.model import metrics as mt
+
+    node = node_factory(admin={"enabled": True, "port": 0})
+    assert node.admin is not None
+    rng = np.random.default_rng(8)
+    probabilities = [round(float(p), 4) for p in rng.uniform(0.05, 0.95, 40)]
+    grades = ["3" if rng.random() < p else "2a" for p in probabilities]
+    analysed_studies(node, probabilities, grades)
+    auc = mt.roc_auc(np.array(probabilities), np.array([g == "3" for g in grades]))
+
+    page = fetch(node.admin.url + "performance")
+    assert page.status == 200
+    assert "Performance here, against recorded outcomes" in page.text
+    assert f"{auc:.3f} (" in page.text  # with its interval
+    assert "Studies with an outcome</td><td>40<" in page.text
+    for name in ("roc.png", "reliability.png"):
+        assert f'src="/performance/{name}"' in page.text
+        image = fetch(node.admin.url + f"performance/{name}")
+        assert image.status == 200 and image.headers["Content-Type"] == "image/png"
+        assert image.body[:8] == b"\x89PNG\r\n\x1a\n"
+    figures = metrics(node.admin.url)
+    assert figures["scanet_monitoring_roc_auc"][(("source", "local"),)] == pytest.approx(auc)
+    assert figures["scanet_monitoring_outcomes"][(("source", "local"),)] == 40
+    health = fetch(node.admin.url + "healthz")
+    assert health.status == 200 and '"warnings": [' in health.text

@@ -13,7 +13,7 @@ import torch
 
 from scanet_node.cli import main
 from scanet_node.model.checkpoint import read_card
-from scanet_node.model.data import CohortError, load_cohort
+from scanet_node.model.data import CohortError, load_cohort, read_labels
 from scanet_node.model.experiment import cross_validate
 from scanet_node.model.network import STANDARDIZE_EPS, Architecture, Output, slab_loss
 from scanet_node.model.train import (
@@ -188,6 +188,12 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert set(card.metrics["cross_validation"]) == {"scanet", "resnet34", "hu-logistic"}
     assert card.training["settings"]["lr"] == 1e-3
     assert "SYNTHETIC" in (out / "scanet.md").read_text()
+    # the drift reference of a template-space cohort: the inputs' intensities and the
+    # predictions (no registration, so no similarity or brain volume to describe)
+    assert {"ncct_p50_hu", "cta_p90_hu", "probability"} <= set(card.reference)
+    assert "registration_similarity" not in card.reference
+    assert card.reference["probability"]["n"] == len(read_labels(train / "labels.csv"))
+    assert "## Drift reference" in (out / "scanet.md").read_text()
     report = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(out / "scanet.pt")]
     argv += [
