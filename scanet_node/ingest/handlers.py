@@ -335,6 +335,7 @@ def _instance_record(
         calling_aet=calling_aet,
         patient_key=ident.patient_key,
         study_date=ident.study_date,
+        accession_number=ident.accession_number,
         study_description=ident.study_description,
         modality=ident.modality,
         series_number=ident.series_number,

@@ -459,7 +459,10 @@ def train_final(
 def training_reference(model: Any, cohort: Cohort, settings: TrainSettings) -> dict[str, Any]:
     """The cohort's descriptors and the trained model's predictions on it: the card's drift
     reference (``monitoring.drift``)."""
-    from scanet_node.imaging.model_input import CTA_WINDOW_HU, NCCT_WINDOW_HU
+    from scanet_node.imaging.model_input import (
+        MODEL_INPUT_CTA_WINDOW_HU,
+        MODEL_INPUT_NCCT_WINDOW_HU,
+    )
     from scanet_node.monitoring.reference import cohort_reference
 
     probabilities = predict(
@@ -469,6 +472,6 @@ def training_reference(model: Any, cohort: Cohort, settings: TrainSettings) -> d
         cohort.inputs,
         cohort.descriptors,
         [float(p) for p in probabilities],
-        ncct_window_hu=NCCT_WINDOW_HU,
-        cta_window_hu=CTA_WINDOW_HU,
+        ncct_window_hu=MODEL_INPUT_NCCT_WINDOW_HU,
+        cta_window_hu=MODEL_INPUT_CTA_WINDOW_HU,
     )

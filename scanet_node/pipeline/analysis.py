@@ -228,7 +228,10 @@ def _analyse_pair(
 
 def _descriptors(model_input: ModelInput, inputs: JobInputs, probability: float) -> dict[str, Any]:
     """What drift monitoring keeps of this study's inputs (monitoring.descriptors)."""
-    from scanet_node.imaging.model_input import CTA_WINDOW_HU, NCCT_WINDOW_HU
+    from scanet_node.imaging.model_input import (
+        MODEL_INPUT_CTA_WINDOW_HU,
+        MODEL_INPUT_NCCT_WINDOW_HU,
+    )
     from scanet_node.monitoring.descriptors import study_descriptors
 
     return study_descriptors(
@@ -237,8 +240,8 @@ def _descriptors(model_input: ModelInput, inputs: JobInputs, probability: float)
         ncct_header=inputs.ncct[0] if inputs.ncct else None,
         cta_header=inputs.cta[0] if inputs.cta else None,
         probability=probability,
-        ncct_window_hu=NCCT_WINDOW_HU,
-        cta_window_hu=CTA_WINDOW_HU,
+        ncct_window_hu=MODEL_INPUT_NCCT_WINDOW_HU,
+        cta_window_hu=MODEL_INPUT_CTA_WINDOW_HU,
     )
 
 
