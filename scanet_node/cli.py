@@ -12,7 +12,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -594,6 +594,54 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_outcomes(args: argparse.Namespace) -> int:
+    from scanet_node.catalog.monitoring import Matched, MonitoringStore
+    from scanet_node.monitoring.outcomes import OutcomeFileError, read_outcomes
+
+    try:
+        rows = read_outcomes(args.file, today=datetime.now(UTC).date())
+    except OutcomeFileError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    catalog = _open_catalog(args)
+    try:
+        summary = MonitoringStore(catalog).import_outcomes(rows)
+    finally:
+        catalog.close()
+    for row in summary.rows:
+        if row.result in (Matched.UNMATCHED, Matched.REPLACED, Matched.KEPT_LATER):
+            print(f"line {row.line}: {row.result}: {row.detail}")
+    counts = ", ".join(
+        f"{summary.count(m)} {m}" for m in Matched if m != Matched.UNMATCHED and summary.count(m)
+    )
+    print(
+        f"{len(summary.rows)} rows: {summary.matched} matched ({counts or 'none'}), "
+        f"{summary.count(Matched.UNMATCHED)} unmatched (not stored)"
+    )
+    return 0
+
+
+def _cmd_performance(args: argparse.Namespace) -> int:
+    from scanet_node.catalog import Catalog
+    from scanet_node.catalog.monitoring import MonitoringStore
+    from scanet_node.config import DEFAULT_CHECKPOINT
+    from scanet_node.monitoring.live import Monitor
+    from scanet_node.monitoring.text import report_lines
+
+    settings = _load(args)
+    catalog = Catalog(settings.catalog_url, create=False)
+    try:
+        monitor = Monitor(MonitoringStore(catalog), settings.model.checkpoint or DEFAULT_CHECKPOINT)
+        report = monitor.report(args.since, fresh=True)
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print("\n".join(report_lines(report)))
+    return 0
+
+
 class _VariantNames:
     """The synthetic study variants, for ``synth --variant``'s choices: read from
     :mod:`scanet_node.synth` only when argparse checks or lists them, so that building the
@@ -670,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_command(commands)
     _add_train_command(commands)
     _add_model_commands(commands)
+    _add_monitoring_commands(commands)
     return parser
 
 
@@ -933,6 +982,33 @@ def _add_train_outputs(train: argparse.ArgumentParser) -> None:
     train.add_argument("--cache", type=Path, help="prepared-input cache (default COHORT/.cache)")
     train.add_argument("--synthetic", action="store_true", help="mark the weights synthetic")
     train.add_argument("--data-description", help="training data, for the card")
+
+
+def _add_monitoring_commands(commands: _Commands) -> None:
+    """``outcomes`` and ``performance``: the model's performance here, and input drift."""
+    outcomes = commands.add(
+        "outcomes",
+        _cmd_outcomes,
+        "import the stroke registry's mTICI grades (CSV), matched to the analysed studies",
+        _DATA_DIR,
+    )
+    outcomes.add_argument("action", choices=("import",), help="import: read FILE into the catalog")
+    outcomes.add_argument(
+        "file",
+        type=Path,
+        help="CSV: study_instance_uid, accession_number, or patient_id (+ issuer_of_patient_id) "
+        "with ct_date; mtici (0 1 2a 2b 2c 3); procedure_date (README: Monitoring)",
+    )
+    performance = commands.add(
+        "performance",
+        _cmd_performance,
+        "the model's performance against imported outcomes, and input drift",
+        _JSON,
+        _DATA_DIR,
+    )
+    performance.add_argument(
+        "--since", type=date.fromisoformat, help="only studies analysed from this date (YYYY-MM-DD)"
+    )
 
 
 def _add_model_commands(commands: _Commands) -> None:

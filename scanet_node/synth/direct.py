@@ -94,6 +94,7 @@ def template_input(
     noise: bool = True,
     subject: Subject | None = None,
     fixed_anatomy: bool = False,
+    contrast_scale: float = 1.0,
 ) -> npt.NDArray[np.float32]:
     """``(2, 26, size, size)`` float32 in 0..1: the study's model input, without DICOM.
 
@@ -102,6 +103,8 @@ def template_input(
     ``prepare`` leaves it. ``subject`` replaces the plan's patient (its tree must carry the
     plan's occlusion, as :func:`~scanet_node.synth.cohort.occlusion_of` builds it);
     ``fixed_anatomy`` uses the atlas head; ``noise=False`` gives the noise-free input.
+    ``contrast_scale`` scales the arteries' enhancement, as a bolus caught early or late
+    would (a shifted acquisition for drift monitoring's tests).
     """
     from scanet_node.synth.phantom import Phantom
 
@@ -111,7 +114,9 @@ def template_input(
     if subject is not None:
         occlusion = replace(occlusion, tree=subject.tree)
     _, contrast_hu = images_stream(plan)  # the contrast level write_study uses
-    phantom = Phantom(occlusion, contrast_hu=contrast_hu, seed=plan.index, subject=subject)
+    phantom = Phantom(
+        occlusion, contrast_hu=contrast_hu * contrast_scale, seed=plan.index, subject=subject
+    )
     head = phantom.head_affine
     noise_rng = np.random.default_rng([plan.seed, plan.index, _STREAM_IMAGES, 1])
     grid = fine_grid(size)

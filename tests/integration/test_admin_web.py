@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from conftest import NodeFactory, wait_for
 from dicom_samples import PATIENT_ID, PATIENT_NAME, ct_series, iter_spool
+from monitoring_samples import analysed_studies
 from node_config import make_settings
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -475,42 +476,6 @@ def test_serve_prints_the_admin_url_and_serves_it(tmp_path: Path) -> None:
     assert "admin page on http://127.0.0.1:" in err
 
 
-def analysed_studies(node: Node, probabilities: list[float], grades: list[str]) -> list[str]:
-    """Studies analysed as a worker files them, with their registry outcomes imported."""
-    from scanet_node.catalog.monitoring import MonitoringStore
-    from scanet_node.monitoring.outcomes import parse_outcomes
-
-    queue = JobQueue(node.catalog)
-    uids = []
-    for n, p in enumerate(probabilities):
-        uid = generate_uid()
-        job = queue.create_job(JobSpec(uid, f"pk{n}", generate_uid(), generate_uid(), f"s{n}"))
-        assert job is not None and queue.claim_job("host-a:4242", 60) is not None
-        assert queue.finish_job(
-            job.id,
-            "host-a:4242",
-            outcome="analysed",
-            reason=None,
-            probability=p,
-            positive=p >= 0.5,
-            model="SCANet test",
-            sr_sop_instance_uid=generate_uid(),
-            results_dir="/nonexistent",
-            timings={},
-            destinations=[],
-            descriptors={"registration_similarity": 0.85, "brain_volume_ml": 1300.0 + n},
-        )
-        uids.append(uid)
-    today = utcnow().date()
-    rows = "".join(f"{u},{g},{today}\n" for u, g in zip(uids, grades, strict=True))
-    store = MonitoringStore(node.catalog)
-    summary = store.import_outcomes(
-        parse_outcomes(f"study_instance_uid,mtici,procedure_date\n{rows}", today=today)
-    )
-    assert summary.matched == len(uids)
-    return uids
-
-
 def test_the_performance_page_plots_and_gauges_report_the_local_outcomes(
     node_factory: NodeFactory,
 ) -> None:
@@ -521,7 +486,7 @@ def test_the_performance_page_plots_and_gauges_report_the_local_outcomes(
     rng = np.random.default_rng(8)
     probabilities = [round(float(p), 4) for p in rng.uniform(0.05, 0.95, 40)]
     grades = ["3" if rng.random() < p else "2a" for p in probabilities]
-    analysed_studies(node, probabilities, grades)
+    analysed_studies(node.catalog, probabilities, grades)
     auc = mt.roc_auc(np.array(probabilities), np.array([g == "3" for g in grades]))
 
     page = fetch(node.admin.url + "performance")

@@ -197,3 +197,55 @@ def test_browser_shows_the_pages_and_the_overlay(
         assert count_near(image, colour) >= 0.8 * 90 * 160, colour
     for secret in (PATIENT_ID, *PATIENT_NAME.split("^")):
         assert secret not in browser.page_source
+
+
+def test_browser_shows_the_performance_page_with_its_plots_and_the_clis_figures(
+    node_factory: NodeFactory, browser: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import numpy as np
+    from monitoring_samples import analysed_studies
+    from node_config import node_config
+    from selenium.webdriver.common.by import By
+
+    from scanet_node.cli import main
+
+    node = node_factory(admin={"enabled": True, "port": 0, "token": TOKEN})
+    rng = np.random.default_rng(21)
+    probabilities = [round(float(p), 4) for p in rng.uniform(0.05, 0.95, 36)]
+    grades = ["2c" if rng.random() < p else "2b" for p in probabilities]
+    analysed_studies(node.catalog, probabilities, grades)
+    config = node_config(tmp_path / "cli.toml", data_dir=node.settings.node.data_dir)
+    capsys.readouterr()
+    assert main(["performance", "--json", "--config", str(config)]) == 0
+    overall = json.loads(capsys.readouterr().out)["performance"]["overall"]
+    assert node.admin is not None
+
+    browser.get(f"{node.admin.url}?token={TOKEN}")
+    browser.find_element(By.LINK_TEXT, "Performance").click()
+    assert browser.current_url.endswith(f"/performance?token={TOKEN}")
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert f"ROC-AUC (95 % CI) {overall['roc_auc']:.3f} ({overall['roc_auc_low']:.3f}-" in body
+    assert f"Brier score {overall['brier']:.3f}" in body
+    assert f"Sensitivity at the threshold {overall['sensitivity']:.3f}" in body
+    assert "Studies with an outcome 36" in body
+    images = browser.find_elements(By.CSS_SELECTOR, "img")
+    assert len(images) == 2
+    for img in images:
+        browser.execute_script("arguments[0].scrollIntoView()", img)
+        wait_for(
+            "the plot to load",
+            lambda img=img: browser.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth", img
+            ),
+            10,
+        )
+        assert browser.execute_script("return arguments[0].naturalWidth", img) == 420
+        assert browser.execute_script("return arguments[0].naturalHeight", img) == 380
+    png = browser.get_screenshot_as_png()  # the ROC plot in view
+    (tmp_path / "performance-plot.png").write_bytes(png)
+    plot = Image.open(io.BytesIO(png)).convert("RGB")
+    assert count_near(plot, (31, 119, 180), tolerance=30) > 100  # matplotlib's C0 curve
+    browser.execute_script("window.scrollTo(0, 0)")
+    check_screenshot(browser, tmp_path / "performance.png")
