@@ -19,6 +19,7 @@ from scanet_node.catalog.retention import RetentionStore, StudyToPurge
 from scanet_node.catalog.store import InstanceRecord
 from scanet_node.ingest.parse import patient_key_of
 from scanet_node.monitoring.outcomes import parse_outcomes
+from scanet_node.monitoring.report import build_report
 
 TODAY = date.today()
 
@@ -135,6 +136,17 @@ def test_outcomes_are_matched_by_uid_accession_or_patient_and_survive_the_purge(
     before = store.records()
     assert [(r.probability, r.grade) for r in before] == [(0.2, "2c"), (0.7, "2c"), (0.9, "3")]
 
+    reference = {
+        "brain_volume_ml": {"kind": "numeric", "n": 100, "edges": [1300.5], "shares": [0.5, 0.5]}
+    }
+
+    def figures() -> dict[str, object]:
+        report = build_report(
+            store.records(), threshold=0.5, card={}, reference=reference, now=utcnow()
+        )
+        return {"performance": report.performance.as_dict(), "drift": report.as_dict()["drift"]}
+
+    figures_before = figures()
     retention = RetentionStore(catalog)
     found, _ = retention.state([studies[0].uid])
     target = next(s for s in found if s.study_instance_uid == studies[0].uid)
@@ -145,6 +157,7 @@ def test_outcomes_are_matched_by_uid_accession_or_patient_and_survive_the_purge(
     assert [(r.probability, r.grade, r.descriptors) for r in after] == [
         (r.probability, r.grade, r.descriptors) for r in before
     ]
+    assert figures() == figures_before
     assert after[0].month_only and after[0].analysed_at.day == 1
     assert after[0].analysed_at.hour == 0 and not after[1].month_only
     with catalog.read() as session:
