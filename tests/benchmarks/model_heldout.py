@@ -115,6 +115,38 @@ def _row(name: str, p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dic
     }
 
 
+def _monitoring_figures(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    from scanet_node.monitoring.performance import figures
+
+    f = figures(p, y, threshold=threshold)
+    names = ("prevalence", "sensitivity", "specificity", "calibration_in_the_large")
+    return {k: round(float(getattr(f, k)), 4) for k in (*names, "calibration_slope")}
+
+
+def _training_reference(checkpoint: Path, train: Any) -> dict[str, Any]:
+    """The drift reference ``train`` would have saved: the training cohort's descriptors and
+    the checkpoint's predictions on it (monitoring.reference)."""
+    from scanet_node.imaging.model_input import (
+        MODEL_INPUT_CTA_WINDOW_HU,
+        MODEL_INPUT_NCCT_WINDOW_HU,
+    )
+    from scanet_node.monitoring.reference import cohort_reference
+
+    predictor = Predictor(checkpoint, device="cpu")
+    probabilities = [
+        p.probability
+        for start in range(0, len(train.inputs), 4)
+        for p in predictor.predict_batch(np.asarray(train.inputs[start : start + 4]))
+    ]
+    return cohort_reference(
+        train.inputs,
+        train.descriptors,
+        probabilities,
+        ncct_window_hu=MODEL_INPUT_NCCT_WINDOW_HU,
+        cta_window_hu=MODEL_INPUT_CTA_WINDOW_HU,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cohort", type=Path, required=True, help="held-out prepared cohort")
@@ -223,10 +255,16 @@ def main(argv: list[str] | None = None) -> int:
                     "brier": round(rows[0]["brier"], 4),
                     "top_slab_near_clot": round(scanet["top_slab_near_clot"], 4),
                     "point_within_15mm": round(scanet["point_within_15mm"], 4),
+                    # what monitoring compares a site's figures with (monitoring.report)
+                    **_monitoring_figures(scanet["probabilities"], y, scanet["threshold"]),
                 }
             },
+            reference=_training_reference(args.checkpoint, train),
         )
-        print(f"wrote the table into the card of {args.checkpoint} and its .md")
+        print(
+            f"wrote the table and the training cohort's drift reference into the card of "
+            f"{args.checkpoint} and its .md"
+        )
     if args.json:
         summary = {
             "studies": n,
