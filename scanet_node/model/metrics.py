@@ -65,21 +65,52 @@ def bootstrap_auc_interval(
     """Percentile bootstrap interval of the ROC-AUC (cases resampled with replacement).
 
     Resamples with one class only are drawn again; the seed makes the interval reproducible.
+    The resamples are drawn and scored a block at a time (:func:`_resampled_aucs`): the same
+    draws and values as one :func:`roc_auc` per resample, many times faster.
     """
     s = np.asarray(scores, dtype=float)
     y = np.asarray(labels).astype(bool)
     if y.all() or not y.any():
         raise ValueError("ROC-AUC needs both classes")
     rng = np.random.default_rng(seed)
+    n = len(s)
+    block = max(1, min(resamples, _BOOTSTRAP_CELLS // n))
     values: list[float] = []
     while len(values) < resamples:
-        idx = rng.integers(0, len(s), len(s))
-        if y[idx].all() or not y[idx].any():
-            continue
-        values.append(roc_auc(s[idx], y[idx]))
+        idx = rng.integers(0, n, (min(block, resamples - len(values)), n))
+        positives = y[idx].sum(axis=1)
+        both = (positives > 0) & (positives < n)
+        values.extend(_resampled_aucs(s, y, idx[both]).tolist())
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+#: Resamples x cases scored at once by the bootstrap (8 bytes each: 16 MB).
+_BOOTSTRAP_CELLS = 2_000_000
+
+
+def _resampled_aucs(
+    s: FloatArray, y: npt.NDArray[np.bool_], idx: npt.NDArray[np.int64]
+) -> FloatArray:
+    """The ROC-AUC of each row of ``idx`` (indices of resampled cases), ties counted half.
+
+    Each resample is a count per case; over the cases sorted by score, grouped by equal
+    score, a positive beats the negatives of the groups below it and ties half of its own.
+    """
+    order = np.argsort(s, kind="mergesort")
+    starts = np.r_[0, np.nonzero(np.diff(s[order]))[0] + 1]
+    position = np.empty(len(s), dtype=np.int64)
+    position[order] = np.arange(len(s))
+    counts = np.zeros(idx.shape)
+    rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
+    np.add.at(counts, (rows, position[idx.ravel()]), 1.0)
+    positive = y[order]
+    pos = np.add.reduceat(counts * positive, starts, axis=1)
+    neg = np.add.reduceat(counts * ~positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    wins = (pos * (below + 0.5 * neg)).sum(axis=1)
+    return np.asarray(wins / (pos.sum(axis=1) * neg.sum(axis=1)), dtype=np.float64)
 
 
 def _ratio(num: float, den: float) -> float:

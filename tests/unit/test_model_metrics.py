@@ -88,3 +88,23 @@ def test_stratified_folds_partition_and_balance() -> None:
     train, val = inner_split(labels, 0.2, seed=0)
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 60
     assert labels[val].sum() == round(0.2 * 23)
+
+
+def test_the_bootstrap_interval_is_one_roc_auc_per_resample_drawn_in_order() -> None:
+    """The block-wise bootstrap gives what drawing and scoring each resample in turn gives
+    (one-class resamples drawn again), ties and small samples included."""
+    rng = np.random.default_rng(1)
+    for n in (8, 40, 300):
+        s = np.round(rng.uniform(0, 1, n), 1)  # many ties
+        y = rng.random(n) < s
+        y[:2] = [True, False]
+        draws = np.random.default_rng(0)
+        values: list[float] = []
+        while len(values) < 500:
+            idx = draws.integers(0, n, n)
+            if y[idx].all() or not y[idx].any():
+                continue
+            values.append(mt.roc_auc(s[idx], y[idx]))
+        expected = np.percentile(values, [2.5, 97.5])
+        got = mt.bootstrap_auc_interval(s, y, resamples=500)
+        assert got == pytest.approx(tuple(expected), abs=1e-12)
