@@ -88,55 +88,8 @@ class NodeCollector(Collector):
         """Every family, from fresh figures."""
         own = self._process()
         figures = self._catalog()
-
-        instances = CounterMetricFamily(
-            "scanet_instances_received",
-            "C-STORE requests answered by this serve process since it started, by outcome "
-            "(stored, duplicate: same SOP Instance UID again, refused) and DICOM status.",
-            labels=["outcome", "status"],
-        )
-        for outcome in ("stored", "duplicate"):
-            instances.add_metric([outcome, "0x0000"], own.instances.get((outcome, "0x0000"), 0))
-        for (outcome, status), n in sorted(own.instances.items()):
-            if outcome == "refused":
-                instances.add_metric([outcome, status], n)
-        yield instances
-
-        associations = CounterMetricFamily(
-            "scanet_associations",
-            "Associations ended since this serve process started, by outcome.",
-            labels=["outcome"],
-        )
-        for outcome in sorted({"released", "aborted", "closed", "rejected", *own.associations}):
-            associations.add_metric([outcome], own.associations.get(outcome, 0))
-        yield associations
-
-        studies = CounterMetricFamily(
-            "scanet_studies_analysed",
-            "Studies whose analysis finished, by the outcome of their newest job "
-            "(purged studies included).",
-            labels=["outcome"],
-        )
-        for outcome, n in sorted(figures.studies_analysed.items()):
-            studies.add_metric([outcome], n)
-        yield studies
-
-        failures: dict[str, int] = {}
-        for reason, n in figures.job_failures.items():
-            key = reason_category(reason)
-            failures[key] = failures.get(key, 0) + n
-        if figures.purged_failures:
-            failures[PURGED_REASON] = failures.get(PURGED_REASON, 0) + figures.purged_failures
-        job_failures = CounterMetricFamily(
-            "scanet_job_failures",
-            "Jobs failed for good, by reason category (the reason's text before ':'); "
-            f"purged studies count under {PURGED_REASON!r}.",
-            labels=["reason"],
-        )
-        for reason, n in sorted(failures.items()):
-            job_failures.add_metric([reason], n)
-        yield job_failures
-
+        yield from _listener_families(own)
+        yield from _outcome_families(figures)
         yield _histogram(
             "scanet_turnaround_seconds",
             "Last input instance received -> results acknowledged by every destination "
@@ -144,48 +97,115 @@ class NodeCollector(Collector):
             figures.turnarounds,
             TURNAROUND_BUCKETS,
         )
+        yield from _backlog_families(figures)
+        yield from _storage_families(own, figures)
 
-        depth = GaugeMetricFamily(
-            "scanet_queue_depth",
-            "Jobs queued and deliveries pending.",
-            labels=["queue"],
-        )
-        depth.add_metric(["jobs"], figures.queued_jobs)
-        depth.add_metric(["deliveries"], figures.pending_deliveries)
-        yield depth
 
-        jobs = GaugeMetricFamily("scanet_jobs", "Jobs in the catalog by status.", labels=["status"])
-        for status, n in sorted(figures.jobs.items()):
-            jobs.add_metric([status], n)
-        yield jobs
+def _listener_families(own: ProcessFigures) -> Iterable[Metric]:
+    """This serve process's counters: instances received and associations ended."""
+    instances = CounterMetricFamily(
+        "scanet_instances_received",
+        "C-STORE requests answered by this serve process since it started, by outcome "
+        "(stored, duplicate: same SOP Instance UID again, refused) and DICOM status.",
+        labels=["outcome", "status"],
+    )
+    for outcome in ("stored", "duplicate"):
+        instances.add_metric([outcome, "0x0000"], own.instances.get((outcome, "0x0000"), 0))
+    for (outcome, status), n in sorted(own.instances.items()):
+        if outcome == "refused":
+            instances.add_metric([outcome, status], n)
+    yield instances
 
-        deliveries = GaugeMetricFamily(
-            "scanet_deliveries", "Deliveries in the catalog by status.", labels=["status"]
-        )
-        for status in sorted({*(s.value for s in DeliveryStatus), *figures.deliveries}):
-            deliveries.add_metric([status], figures.deliveries.get(status, 0))
-        yield deliveries
+    associations = CounterMetricFamily(
+        "scanet_associations",
+        "Associations ended since this serve process started, by outcome.",
+        labels=["outcome"],
+    )
+    for outcome in sorted({"released", "aborted", "closed", "rejected", *own.associations}):
+        associations.add_metric([outcome], own.associations.get(outcome, 0))
+    yield associations
 
-        yield GaugeMetricFamily(
-            "scanet_disk_free_bytes",
-            "Free space on the spool's file system.",
-            value=own.disk_free_bytes,
-        )
-        yield GaugeMetricFamily(
-            "scanet_disk_min_free_bytes",
-            "[node] min_free_disk_mb: below this free space new instances are refused.",
-            value=own.min_free_bytes,
-        )
-        yield GaugeMetricFamily(
-            "scanet_spool_bytes",
-            "Bytes of the instances filed in the spool.",
-            value=figures.spool_bytes,
-        )
-        yield GaugeMetricFamily(
-            "scanet_results_bytes",
-            "Bytes of the results folder (SR, images, PNGs of every job).",
-            value=own.results_bytes,
-        )
+
+def _outcome_families(figures: MetricFigures) -> Iterable[Metric]:
+    """The catalog's totals of finished work: studies analysed and jobs failed for good."""
+    studies = CounterMetricFamily(
+        "scanet_studies_analysed",
+        "Studies whose analysis finished, by the outcome of their newest job "
+        "(purged studies included).",
+        labels=["outcome"],
+    )
+    for outcome, n in sorted(figures.studies_analysed.items()):
+        studies.add_metric([outcome], n)
+    yield studies
+
+    job_failures = CounterMetricFamily(
+        "scanet_job_failures",
+        "Jobs failed for good, by reason category (the reason's text before ':'); "
+        f"purged studies count under {PURGED_REASON!r}.",
+        labels=["reason"],
+    )
+    for reason, n in sorted(_failures_by_category(figures).items()):
+        job_failures.add_metric([reason], n)
+    yield job_failures
+
+
+def _failures_by_category(figures: MetricFigures) -> dict[str, int]:
+    """Failed jobs summed by :func:`reason_category`, purged studies under PURGED_REASON."""
+    failures: dict[str, int] = {}
+    for reason, n in figures.job_failures.items():
+        key = reason_category(reason)
+        failures[key] = failures.get(key, 0) + n
+    if figures.purged_failures:
+        failures[PURGED_REASON] = failures.get(PURGED_REASON, 0) + figures.purged_failures
+    return failures
+
+
+def _backlog_families(figures: MetricFigures) -> Iterable[Metric]:
+    """The catalog's current state: queue depths, jobs and deliveries by status."""
+    depth = GaugeMetricFamily(
+        "scanet_queue_depth",
+        "Jobs queued and deliveries pending.",
+        labels=["queue"],
+    )
+    depth.add_metric(["jobs"], figures.queued_jobs)
+    depth.add_metric(["deliveries"], figures.pending_deliveries)
+    yield depth
+
+    jobs = GaugeMetricFamily("scanet_jobs", "Jobs in the catalog by status.", labels=["status"])
+    for status, n in sorted(figures.jobs.items()):
+        jobs.add_metric([status], n)
+    yield jobs
+
+    deliveries = GaugeMetricFamily(
+        "scanet_deliveries", "Deliveries in the catalog by status.", labels=["status"]
+    )
+    for status in sorted({*(s.value for s in DeliveryStatus), *figures.deliveries}):
+        deliveries.add_metric([status], figures.deliveries.get(status, 0))
+    yield deliveries
+
+
+def _storage_families(own: ProcessFigures, figures: MetricFigures) -> Iterable[Metric]:
+    """Disk space: free, the refusal threshold, the spool's and the results' bytes."""
+    yield GaugeMetricFamily(
+        "scanet_disk_free_bytes",
+        "Free space on the spool's file system.",
+        value=own.disk_free_bytes,
+    )
+    yield GaugeMetricFamily(
+        "scanet_disk_min_free_bytes",
+        "[node] min_free_disk_mb: below this free space new instances are refused.",
+        value=own.min_free_bytes,
+    )
+    yield GaugeMetricFamily(
+        "scanet_spool_bytes",
+        "Bytes of the instances filed in the spool.",
+        value=figures.spool_bytes,
+    )
+    yield GaugeMetricFamily(
+        "scanet_results_bytes",
+        "Bytes of the results folder (SR, images, PNGs of every job).",
+        value=own.results_bytes,
+    )
 
 
 def _histogram(

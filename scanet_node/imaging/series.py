@@ -702,6 +702,88 @@ def _regularize(
 # The entry point
 
 
+def _series_uid(datasets: Sequence[Dataset]) -> str:
+    """The one Series Instance UID of ``datasets``; ImagingError when there are several."""
+    uids = sorted({str(ds.get("SeriesInstanceUID", "") or "") for ds in datasets})
+    if len(uids) > 1:
+        raise ImagingError(f"the files belong to {len(uids)} series; load one series at a time")
+    return uids[0]
+
+
+def _stack(
+    datasets: Sequence[Dataset], names: Sequence[str]
+) -> tuple[list[_Frame], FloatArray, tuple[FloatArray, FloatArray, FloatArray], str | None]:
+    """Every frame, checked to form one stack, sorted along the normal, duplicates dropped.
+
+    Returns the frames, their positions along the normal, the (row, column, normal)
+    directions and the correction that says which duplicates were dropped.
+    """
+    frames = [f for i, ds in enumerate(datasets) for f in _frames_of(ds, i, names[i])]
+    axes = _check_consistent(frames)
+    normal = axes[2]
+    d_all = np.array([f.position @ normal for f in frames])
+    order = sorted(range(len(frames)), key=lambda i: (d_all[i], frames[i].order_key))
+    kept, d, duplicates = _drop_duplicates([frames[i] for i in order], d_all[order])
+    return kept, d, axes, duplicates
+
+
+def _decode_blocks(
+    frames: Sequence[_Frame],
+    datasets: Sequence[Dataset],
+    names: Sequence[str],
+    row: FloatArray,
+    col: FloatArray,
+    max_pixel_mm: float | None,
+) -> tuple[HUVolume, FloatArray, tuple[float, float]]:
+    """The frames in HU, block-averaged to pixels of at most ``max_pixel_mm`` when given.
+
+    Returns the volume, each slice's patient position (of its first block's centre) and the
+    pixel spacing after averaging.
+    """
+    positions = np.array([f.position for f in frames])
+    pixel_spacing = frames[0].pixel_spacing
+    factors = (1, 1)
+    if max_pixel_mm is not None:
+        from scanet_node.imaging.brain import block_factors
+
+        factors = block_factors((1.0, *pixel_spacing), max_pixel_mm)[1:]  # type: ignore[assignment]
+    hu = _decode(frames, datasets, names, factors)
+    if factors != (1, 1):
+        dr, dc = pixel_spacing
+        fr, fc = factors
+        # A block's value lies at its centre: (f - 1) / 2 pixels into it.
+        positions = positions + row * dc * (fc - 1) / 2 + col * dr * (fr - 1) / 2
+        pixel_spacing = (dr * fr, dc * fc)
+    return hu, positions, pixel_spacing
+
+
+def _along_normal(
+    hu: HUVolume,
+    d: FloatArray,
+    positions: FloatArray,
+    frames: Sequence[_Frame],
+    header: Dataset,
+) -> tuple[HUVolume, float, list[str], list[str]]:
+    """The volume with even slice spacing (:func:`_regularize`), its spacing, corrections and
+    problems; a single slice keeps the spacing its header gives (or its thickness, or 1 mm).
+    """
+    if len(frames) > 1:
+        return _regularize(hu, d, positions[:, 2])
+    return hu, _number(header, "SpacingBetweenSlices") or frames[0].thickness or 1.0, [], []
+
+
+def _affine(
+    row_step: FloatArray, col_step: FloatArray, slice_step: FloatArray, origin: FloatArray
+) -> FloatArray:
+    """The voxel -> patient (LPS, mm) matrix from the steps along each array axis."""
+    affine = np.eye(4)
+    affine[:3, 0] = row_step
+    affine[:3, 1] = col_step
+    affine[:3, 2] = slice_step
+    affine[:3, 3] = origin
+    return affine
+
+
 def load_series(source: Path | Iterable[Path], *, max_pixel_mm: float | None = None) -> Volume:
     """Load one series (a folder of its files, or their paths) as a :class:`Volume` in HU.
 
@@ -719,55 +801,26 @@ def load_series(source: Path | Iterable[Path], *, max_pixel_mm: float | None = N
         raise ImagingError(f"no files in the series ({source})")
     datasets = [_read(p) for p in paths]
     names = [p.name for p in paths]
-    uids = sorted({str(ds.get("SeriesInstanceUID", "") or "") for ds in datasets})
-    if len(uids) > 1:
-        raise ImagingError(f"the files belong to {len(uids)} series; load one series at a time")
-    frames = [f for i, ds in enumerate(datasets) for f in _frames_of(ds, i, names[i])]
-    row, col, normal = _check_consistent(frames)
-    d_all = np.array([f.position @ normal for f in frames])
-    order = sorted(range(len(frames)), key=lambda i: (d_all[i], frames[i].order_key))
-    corrections: list[str] = []
+    uid = _series_uid(datasets)
+    frames, d, (row, col, normal), duplicates = _stack(datasets, names)
+    corrections = [duplicates] if duplicates else []
     problems: list[str] = []
-    frames, d, duplicates = _drop_duplicates([frames[i] for i in order], d_all[order])
-    if duplicates:
-        corrections.append(duplicates)
     if not all(f.rescaled for f in frames):
         problems.append("no RescaleSlope/RescaleIntercept: stored values taken as HU")
-    positions = np.array([f.position for f in frames])
-    pixel_spacing = frames[0].pixel_spacing
-    factors = (1, 1)
-    if max_pixel_mm is not None:
-        from scanet_node.imaging.brain import block_factors
-
-        factors = block_factors((1.0, *pixel_spacing), max_pixel_mm)[1:]  # type: ignore[assignment]
-    hu = _decode(frames, datasets, names, factors)
-    if factors != (1, 1):
-        dr, dc = pixel_spacing
-        fr, fc = factors
-        # A block's value lies at its centre: (f - 1) / 2 pixels into it.
-        positions = positions + row * dc * (fc - 1) / 2 + col * dr * (fr - 1) / 2
-        pixel_spacing = (dr * fr, dc * fc)
+    hu, positions, pixel_spacing = _decode_blocks(frames, datasets, names, row, col, max_pixel_mm)
     hu, origin_shift, aligned = _align_in_plane(hu, positions, d, row, col, pixel_spacing)
     if aligned:
         corrections.append(aligned)
     header = datasets[frames[0].source]
-    if len(frames) > 1:
-        hu, slice_spacing, fixed, found = _regularize(hu, d, positions[:, 2])
-        corrections.extend(fixed)
-        problems.extend(found)
-    else:
-        slice_spacing = _number(header, "SpacingBetweenSlices") or frames[0].thickness or 1.0
+    hu, slice_spacing, fixed, found = _along_normal(hu, d, positions, frames, header)
+    corrections.extend(fixed)
+    problems.extend(found)
     dr, dc = pixel_spacing
-    affine = np.eye(4)
-    affine[:3, 0] = row * dc
-    affine[:3, 1] = col * dr
-    affine[:3, 2] = normal * slice_spacing
-    affine[:3, 3] = positions[0] + origin_shift
     volume = Volume(
         hu=hu,
-        affine=affine,
+        affine=_affine(row * dc, col * dr, normal * slice_spacing, positions[0] + origin_shift),
         spacing=(slice_spacing, dr, dc),
-        series_instance_uid=uids[0],
+        series_instance_uid=uid,
         modality=str(header.get("Modality", "") or ""),
         series_description=str(header.get("SeriesDescription", "") or ""),
         slice_thickness=frames[0].thickness,

@@ -30,7 +30,8 @@ import torch
 from scanet_node.model import metrics as mt
 from scanet_node.model.data import Cohort, stratified_folds
 from scanet_node.model.features import HUBaseline, hu_features
-from scanet_node.model.train import TrainSettings, fit, inner_split, predict
+from scanet_node.model.network import Architecture
+from scanet_node.model.train import FitResult, TrainSettings, fit, inner_split, predict
 
 logger = logging.getLogger(__name__)
 
@@ -267,36 +268,59 @@ def evaluate_checkpoints(
     checkpoints: Sequence[Path], cohort: Cohort, out_dir: Path, *, batch_size: int = 4
 ) -> tuple[list[Evaluation], str]:
     """Score each checkpoint on ``cohort`` at its card's threshold; write the report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [_evaluate(path, cohort, batch_size) for path in checkpoints]
+    text, oracle = _evaluation_text(results, cohort)
+    (out_dir / "evaluation.md").write_text(text)
+    (out_dir / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "cohort": str(cohort.root),
+                "cases": len(cohort),
+                "oracle_auc": oracle,
+                "results": [r.as_dict() for r in results],
+            },
+            indent=2,
+        )
+    )
+    _write_predictions(out_dir / "predictions.csv", results, cohort)
+    plot_curves(
+        {r.name: r.probabilities for r in results}, cohort.labels, out_dir, title=cohort.root.name
+    )
+    return results, text
+
+
+def _evaluate(path: Path, cohort: Cohort, batch_size: int) -> Evaluation:
+    """One checkpoint's predictions on ``cohort``, scored at its card's threshold."""
     from scanet_node.model.checkpoint import load_checkpoint
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in checkpoints:
-        model, card = load_checkpoint(path)
-        if card.preprocessing.get("size") != cohort.size:
-            raise ValueError(
-                f"{path} takes {card.preprocessing.get('size')}-pixel inputs, the cohort was "
-                f"loaded at {cohort.size}"
-            )
-        pred = predict(model, cohort.inputs, batch_size=batch_size)
-        name = (
-            METHOD_LABELS.get(card.architecture["kind"], card.architecture["kind"])
-            + f" ({path.name})"
+    model, card = load_checkpoint(path)
+    if card.preprocessing.get("size") != cohort.size:
+        raise ValueError(
+            f"{path} takes {card.preprocessing.get('size')}-pixel inputs, the cohort was "
+            f"loaded at {cohort.size}"
         )
-        loc = (
-            localisation(pred.slice_weights, cohort.clot_slabs)
-            if card.architecture["kind"] == "scanet"
-            else None
-        )
-        results.append(
-            Evaluation(
-                name,
-                mt.compute(pred.probabilities, cohort.labels, card.threshold),
-                pred.probabilities,
-                pred.slice_weights,
-                loc,
-            )
-        )
+    pred = predict(model, cohort.inputs, batch_size=batch_size)
+    name = (
+        METHOD_LABELS.get(card.architecture["kind"], card.architecture["kind"]) + f" ({path.name})"
+    )
+    loc = (
+        localisation(pred.slice_weights, cohort.clot_slabs)
+        if card.architecture["kind"] == "scanet"
+        else None
+    )
+    return Evaluation(
+        name,
+        mt.compute(pred.probabilities, cohort.labels, card.threshold),
+        pred.probabilities,
+        pred.slice_weights,
+        loc,
+    )
+
+
+def _evaluation_text(results: Sequence[Evaluation], cohort: Cohort) -> tuple[str, float | None]:
+    """The held-out report (metrics table, oracle, localisation, left-out cases) and the
+    cohort's oracle ROC-AUC."""
     text = mt.table(
         {r.name: [r.metrics] for r in results},
         f"Held-out evaluation on {len(cohort)} cases of {cohort.root.name} "
@@ -317,19 +341,13 @@ def evaluate_checkpoints(
             + "; ".join(f"{k}: {v}" for k, v in cohort.excluded.items())
             + "\n"
         )
-    (out_dir / "evaluation.md").write_text(text)
-    (out_dir / "evaluation.json").write_text(
-        json.dumps(
-            {
-                "cohort": str(cohort.root),
-                "cases": len(cohort),
-                "oracle_auc": oracle,
-                "results": [r.as_dict() for r in results],
-            },
-            indent=2,
-        )
-    )
-    with (out_dir / "predictions.csv").open("w", newline="") as fh:
+    return text, oracle
+
+
+def _write_predictions(path: Path, results: Sequence[Evaluation], cohort: Cohort) -> None:
+    """One CSV row per case: its label, each checkpoint's probability, the first checkpoint's
+    highest-weighted slice and the clot's slab."""
+    with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["case_id", "label", *(r.name for r in results), "top_slice", "clot_slab"])
         top = results[0].slice_weights.argmax(axis=1) if results else []
@@ -343,10 +361,6 @@ def evaluate_checkpoints(
                     int(cohort.clot_slabs[i]),
                 ]
             )
-    plot_curves(
-        {r.name: r.probabilities for r in results}, cohort.labels, out_dir, title=cohort.root.name
-    )
-    return results, text
 
 
 def settings_dict(settings: TrainSettings) -> dict[str, Any]:
@@ -373,48 +387,14 @@ def train_final(
     ``init`` is a checkpoint of the same architecture to start from (fine-tuning; its weights'
     SHA-256 must be ``settings.init``); the card records where it came from.
     """
-    from scanet_node.model.checkpoint import (
-        ModelCard,
-        load_checkpoint,
-        preprocessing,
-        save_checkpoint,
-    )
+    from scanet_node.model.checkpoint import ModelCard, preprocessing, save_checkpoint
 
     started = time.perf_counter()
     arch = settings.architecture(kind, cohort.size)
-    init_state = None
-    origin: dict[str, Any] = {}
-    if init is not None:
-        start, start_card = load_checkpoint(init)
-        if start_card.arch != arch:
-            raise ValueError(f"{init} is a {start_card.arch}, not the {arch} these settings train")
-        if start_card.weights_sha256 != settings.init:
-            raise ValueError(f"{init}'s weights are not those settings.init names")
-        init_state = start.state_dict()
-        origin = {
-            "checkpoint": init.name,
-            "weights_sha256": start_card.weights_sha256,
-            "data": start_card.training.get("data", ""),
-            "command": start_card.training.get("command", ""),
-            "cases": start_card.training.get("cases"),
-            "epochs_run": start_card.training.get("epochs_run"),
-            "seconds": start_card.training.get("seconds"),
-        }
+    init_state, origin = _initial_state(init, arch, settings)
     inner_train, inner_val = inner_split(cohort.labels, settings.val_fraction, settings.seed)
-    result = fit(
-        arch,
-        cohort.inputs[inner_train],
-        cohort.labels[inner_train],
-        cohort.inputs[inner_val],
-        cohort.labels[inner_val],
-        settings,
-        train_soft=cohort.probabilities[inner_train],
-        train_slabs=cohort.clot_slabs[inner_train],
-        state_path=out_path.with_name(f"state-final-{kind}.pt"),
-        curve_path=out_path.with_name(f"curve-{kind}.csv"),
-        desc=f"final {kind}",
-        progress=progress,
-        init_state=init_state,
+    result = _fit_final(
+        cohort, kind, arch, settings, out_path, inner_train, inner_val, progress, init_state
     )
     card = ModelCard(
         architecture={},
@@ -435,25 +415,93 @@ def train_final(
             # epoch's seconds)
             "seconds": round(time.perf_counter() - started, 1),
             "epoch_seconds": round(sum(h.get("seconds", 0.0) for h in result.history), 1),
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), "
-            f"torch {torch.__version__}, {settings.threads or torch.get_num_threads()} threads",
+            "machine": _machine(settings),
         },
         metrics={
             "early_stopping_auc": round(result.best_auc, 4),
             "cross_validation": dict(cv_summary or {}),
         },
         threshold=float(threshold),
-        intended_use=(
-            "Demonstration of scanet-node on synthetic studies; NOT for clinical use"
-            if synthetic
-            else "Research use: prediction of recanalization (mTICI >= 2c) after thrombectomy"
-        ),
+        intended_use=_intended_use(synthetic),
         synthetic=synthetic,
     )
     card.reference = training_reference(result.model, cohort, settings)
     save_checkpoint(out_path, result.model, card)
     out_path.with_name(f"state-final-{kind}.pt").unlink(missing_ok=True)
     return out_path
+
+
+def _initial_state(
+    init: Path | None, arch: Architecture, settings: TrainSettings
+) -> tuple[Mapping[str, torch.Tensor] | None, dict[str, Any]]:
+    """The weights to start from and the card's record of where they came from; (None, {})
+    without ``init``. Raises ValueError when ``init`` is not what ``settings`` name."""
+    from scanet_node.model.checkpoint import load_checkpoint
+
+    if init is None:
+        return None, {}
+    start, start_card = load_checkpoint(init)
+    if start_card.arch != arch:
+        raise ValueError(f"{init} is a {start_card.arch}, not the {arch} these settings train")
+    if start_card.weights_sha256 != settings.init:
+        raise ValueError(f"{init}'s weights are not those settings.init names")
+    origin: dict[str, Any] = {
+        "checkpoint": init.name,
+        "weights_sha256": start_card.weights_sha256,
+        "data": start_card.training.get("data", ""),
+        "command": start_card.training.get("command", ""),
+        "cases": start_card.training.get("cases"),
+        "epochs_run": start_card.training.get("epochs_run"),
+        "seconds": start_card.training.get("seconds"),
+    }
+    return start.state_dict(), origin
+
+
+def _fit_final(
+    cohort: Cohort,
+    kind: str,
+    arch: Architecture,
+    settings: TrainSettings,
+    out_path: Path,
+    inner_train: npt.NDArray[np.int64],
+    inner_val: npt.NDArray[np.int64],
+    progress: bool,
+    init_state: Mapping[str, torch.Tensor] | None,
+) -> FitResult:
+    """Fit on ``inner_train``, early-stopping on ``inner_val``; resumable state and the
+    learning curve lie next to ``out_path``."""
+    return fit(
+        arch,
+        cohort.inputs[inner_train],
+        cohort.labels[inner_train],
+        cohort.inputs[inner_val],
+        cohort.labels[inner_val],
+        settings,
+        train_soft=cohort.probabilities[inner_train],
+        train_slabs=cohort.clot_slabs[inner_train],
+        state_path=out_path.with_name(f"state-final-{kind}.pt"),
+        curve_path=out_path.with_name(f"curve-{kind}.csv"),
+        desc=f"final {kind}",
+        progress=progress,
+        init_state=init_state,
+    )
+
+
+def _machine(settings: TrainSettings) -> str:
+    """What trained: CPU cores, architecture, torch version and threads."""
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), "
+        f"torch {torch.__version__}, {settings.threads or torch.get_num_threads()} threads"
+    )
+
+
+def _intended_use(synthetic: bool) -> str:
+    """The card's intended use: a demonstration on synthetic data, or research use."""
+    return (
+        "Demonstration of scanet-node on synthetic studies; NOT for clinical use"
+        if synthetic
+        else "Research use: prediction of recanalization (mTICI >= 2c) after thrombectomy"
+    )
 
 
 def training_reference(model: Any, cohort: Cohort, settings: TrainSettings) -> dict[str, Any]:
