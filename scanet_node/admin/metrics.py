@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from scanet_node.catalog.models import DeliveryStatus
 from scanet_node.catalog.overview import MetricFigures
+from scanet_node.dicom_status import Status, label
 
 #: Upper bounds (seconds) of the turnaround histogram: last input received -> delivered.
 TURNAROUND_BUCKETS = (10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0)
@@ -92,7 +93,8 @@ class NodeCollector(Collector):
             labels=["outcome", "status"],
         )
         for outcome in ("stored", "duplicate"):
-            instances.add_metric([outcome, "0x0000"], own.instances.get((outcome, "0x0000"), 0))
+            success = label(Status.SUCCESS)
+            instances.add_metric([outcome, success], own.instances.get((outcome, success), 0))
         for (outcome, status), n in sorted(own.instances.items()):
             if outcome == "refused":
                 instances.add_metric([outcome, status], n)
