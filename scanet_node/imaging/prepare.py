@@ -42,7 +42,6 @@ from scanet_node.imaging.ncct_cache import NcctCache, PreparedNcct
 from scanet_node.imaging.ncct_cache import signature as ncct_signature
 from scanet_node.imaging.qc import MIN_BRAIN_COVERAGE, NotAnalysable, brain_coverage
 from scanet_node.imaging.register import (
-    MIN_SIMILARITY,
     Method,
     Registration,
     RegistrationError,
@@ -51,6 +50,7 @@ from scanet_node.imaging.register import (
 )
 from scanet_node.imaging.series import Volume, find_series, load_series
 from scanet_node.imaging.template import load_template
+from scanet_node.imaging.thresholds import MIN_SIMILARITY
 from scanet_node.timing import Stopwatch, timed
 
 logger = logging.getLogger(__name__)

@@ -47,6 +47,7 @@ from scanet_node.imaging.brain import (
     voxel_sizes,
 )
 from scanet_node.imaging.template import HU_BACKGROUND, CtTemplate, Grid, load_template
+from scanet_node.imaging.thresholds import MIN_SIMILARITY
 from scanet_node.timing import Stopwatch, timed
 
 if TYPE_CHECKING:
@@ -66,10 +67,6 @@ REGISTRATION_NCCT_WINDOW_HU = (0.0, 100.0)
 REGISTRATION_CTA_WINDOW_HU = (0.0, 150.0)  # arteries clip at 150 with the inner table
 HEAD_MARGIN_MM = 5.0
 SIMILARITY_MARGIN_MM = 6.0
-# Calibrated on synthetic studies: correct registrations score 0.92 (512 x 512) and 0.86
-# (128 x 128); the true pose shifted by 5 mm 0.72-0.77, by 10 mm 0.57-0.61, rotated by 10 degrees
-# 0.72-0.77, by 20 degrees 0.53-0.56. Real heads will score lower than synthetic ones: recheck.
-MIN_SIMILARITY = 0.7
 DEFAULT_SEED = 20240101
 
 #: ants.registration options of the CTA -> NCCT rigid stage (levels at 8, 4, 2 mm; sigmas
