@@ -62,6 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_echo(args: argparse.Namespace) -> int:
+    from scanet_node.dicom_status import label
     from scanet_node.results.echo import echo
 
     result = echo(
@@ -78,7 +79,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     if result.ok:
         print(f"echo {args.host}:{args.port} ({args.called_aet}): success")
         return 0
-    code = f"0x{result.status:04X}" if result.status is not None else "no response"
+    code = label(result.status) if result.status is not None else "no response"
     print(f"echo {args.host}:{args.port}: failed ({code})", file=sys.stderr)
     return 1
 

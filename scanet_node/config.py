@@ -28,6 +28,14 @@ from pydantic import (
 )
 
 from scanet_node.errors import ConfigError
+from scanet_node.imaging.thresholds import (
+    CTA_MAX_SLICE_THICKNESS_MM,
+    CTA_MIN_VESSEL_FRACTION,
+    MIN_IMAGES,
+    MIN_SIMILARITY,
+    NCCT_MAX_SLICE_THICKNESS_MM,
+    NCCT_MAX_VESSEL_FRACTION,
+)
 
 ENV_PREFIX = "SCANET__"
 
@@ -273,13 +281,13 @@ class ImagingSettings(_Section):
     extra_ncct_patterns: list[str] = Field(default_factory=list)
     extra_head_patterns: list[str] = Field(default_factory=list)
     extra_exclude_patterns: list[str] = Field(default_factory=list)
-    ncct_max_slice_thickness_mm: float = Field(default=5.5, gt=0)
-    cta_max_slice_thickness_mm: float = Field(default=2.5, gt=0)
-    min_images: int = Field(default=20, ge=1)
-    cta_min_vessel_fraction: float = Field(default=0.005, gt=0, lt=1)
-    ncct_max_vessel_fraction: float = Field(default=0.003, ge=0, lt=1)
+    ncct_max_slice_thickness_mm: float = Field(default=NCCT_MAX_SLICE_THICKNESS_MM, gt=0)
+    cta_max_slice_thickness_mm: float = Field(default=CTA_MAX_SLICE_THICKNESS_MM, gt=0)
+    min_images: int = Field(default=MIN_IMAGES, ge=1)
+    cta_min_vessel_fraction: float = Field(default=CTA_MIN_VESSEL_FRACTION, gt=0, lt=1)
+    ncct_max_vessel_fraction: float = Field(default=NCCT_MAX_VESSEL_FRACTION, ge=0, lt=1)
     registration: Literal["affine", "syn"] = "affine"
-    min_registration_similarity: float = Field(default=0.7, ge=0, le=1)
+    min_registration_similarity: float = Field(default=MIN_SIMILARITY, ge=0, le=1)
 
     @field_validator(
         "extra_cta_patterns", "extra_ncct_patterns", "extra_head_patterns", "extra_exclude_patterns"

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scanet_node.catalog.jobs import DeliveryInfo, JobInfo, JobQueue
 from scanet_node.catalog.models import DeliveryStatus, JobStatus
 from scanet_node.config import Settings
+from scanet_node.dicom_status import Status
 from scanet_node.errors import ScanetError
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class LocalPacs:
     def _store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         (self.folder / f"{uid}.dcm").write_bytes(event.encoded_dataset())
-        return 0x0000
+        return Status.SUCCESS
 
     def stop(self) -> None:
         """Stop listening."""

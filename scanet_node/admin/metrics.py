@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from scanet_node.catalog.models import DeliveryStatus
 from scanet_node.catalog.overview import MetricFigures
+from scanet_node.dicom_status import Status, label
 
 if TYPE_CHECKING:
     from scanet_node.monitoring.report import MonitoringReport
@@ -110,7 +111,8 @@ def _listener_families(own: ProcessFigures) -> Iterable[Metric]:
         labels=["outcome", "status"],
     )
     for outcome in ("stored", "duplicate"):
-        instances.add_metric([outcome, "0x0000"], own.instances.get((outcome, "0x0000"), 0))
+        success = label(Status.SUCCESS)
+        instances.add_metric([outcome, success], own.instances.get((outcome, success), 0))
     for (outcome, status), n in sorted(own.instances.items()):
         if outcome == "refused":
             instances.add_metric([outcome, status], n)

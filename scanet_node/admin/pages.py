@@ -50,6 +50,7 @@ from scanet_node.admin.render import (
 )
 from scanet_node.catalog.models import DeliveryStatus, JobStatus
 from scanet_node.config import DEFAULT_CHECKPOINT
+from scanet_node.dicom_status import Status, label
 from scanet_node.pipeline.retention import tree_bytes
 from scanet_node.results.files import OVERLAY_PNG, SUMMARY_PNG
 
@@ -319,10 +320,11 @@ class Pages:
         """The spool, the results, the free space and whether the low-disk guard refuses."""
         free = self.view.disk_free_bytes()
         guard = self.settings.node.min_free_disk_mb
+        refused = label(Status.OUT_OF_RESOURCES)
         accepting = (
             span("ok", "yes")
             if self.view.accepting_instances(free)
-            else span("bad", "NO: too little free space, instances are refused (0xA700)")
+            else span("bad", f"NO: too little free space, instances are refused ({refused})")
         )
         return fields(
             [

@@ -45,6 +45,13 @@ from pydicom.uid import (
 )
 
 from scanet_node.config import ImagingSettings
+from scanet_node.imaging.thresholds import (
+    CTA_MAX_SLICE_THICKNESS_MM,
+    CTA_MIN_VESSEL_FRACTION,
+    MIN_IMAGES,
+    NCCT_MAX_SLICE_THICKNESS_MM,
+    NCCT_MAX_VESSEL_FRACTION,
+)
 
 Role = Literal["ncct", "cta", "other"]
 
@@ -174,11 +181,11 @@ class ClassificationRules:
     no_agent_patterns: tuple[str, ...] = DEFAULT_NO_AGENT_PATTERNS
     sharp_kernel_patterns: tuple[str, ...] = DEFAULT_SHARP_KERNEL_PATTERNS
     head_body_parts: tuple[str, ...] = DEFAULT_HEAD_BODY_PARTS
-    ncct_max_slice_thickness_mm: float = 5.5
-    cta_max_slice_thickness_mm: float = 2.5
-    min_images: int = 20
-    cta_min_vessel_fraction: float = 0.005
-    ncct_max_vessel_fraction: float = 0.003
+    ncct_max_slice_thickness_mm: float = NCCT_MAX_SLICE_THICKNESS_MM
+    cta_max_slice_thickness_mm: float = CTA_MAX_SLICE_THICKNESS_MM
+    min_images: int = MIN_IMAGES
+    cta_min_vessel_fraction: float = CTA_MIN_VESSEL_FRACTION
+    ncct_max_vessel_fraction: float = NCCT_MAX_VESSEL_FRACTION
 
     def __post_init__(self) -> None:
         for name in (

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,6 @@ from scanet_node.imaging.ncct_cache import NcctCache, PreparedNcct
 from scanet_node.imaging.ncct_cache import signature as ncct_signature
 from scanet_node.imaging.qc import MIN_BRAIN_COVERAGE, NotAnalysable, brain_coverage
 from scanet_node.imaging.register import (
-    MIN_SIMILARITY,
     Method,
     Registration,
     RegistrationError,
@@ -52,6 +50,8 @@ from scanet_node.imaging.register import (
 )
 from scanet_node.imaging.series import Volume, find_series, load_series
 from scanet_node.imaging.template import load_template
+from scanet_node.imaging.thresholds import MIN_SIMILARITY
+from scanet_node.timing import Stopwatch, timed
 
 logger = logging.getLogger(__name__)
 
@@ -122,25 +122,23 @@ def prepare_ncct(
     evidence = image_evidence(ncct)
     if not evidence.is_head:
         raise NotAnalysable("not_a_head", f"NCCT: {evidence.summary}")
-    t = time.perf_counter()
-    try:
-        brain = extract_brain(ncct.hu, ncct.affine)
-    except BrainExtractionError as exc:
-        raise NotAnalysable("brain_extraction_failed", str(exc)) from exc
-    timings["brain_extraction"] = time.perf_counter() - t
-    t = time.perf_counter()
-    try:
-        half = register_ncct(
-            ncct.hu,
-            ncct.affine,
-            brain=brain,
-            method=method,
-            grid=fine_grid(size),
-            min_similarity=min_similarity,
-        )
-    except RegistrationError as exc:
-        raise NotAnalysable("registration_dissimilar", str(exc)) from exc
-    timings["registration"] = time.perf_counter() - t
+    with timed(timings, "brain_extraction"):
+        try:
+            brain = extract_brain(ncct.hu, ncct.affine)
+        except BrainExtractionError as exc:
+            raise NotAnalysable("brain_extraction_failed", str(exc)) from exc
+    with timed(timings, "registration"):
+        try:
+            half = register_ncct(
+                ncct.hu,
+                ncct.affine,
+                brain=brain,
+                method=method,
+                grid=fine_grid(size),
+                min_similarity=min_similarity,
+            )
+        except RegistrationError as exc:
+            raise NotAnalysable("registration_dissimilar", str(exc)) from exc
     shape = (int(ncct.hu.shape[0]), int(ncct.hu.shape[1]), int(ncct.hu.shape[2]))
     coverage = brain_coverage(
         _template_brain_points(),
@@ -194,15 +192,14 @@ def prepare(
         registration failed its similarity check, or the brain is not fully covered.
     """
     timings: dict[str, float] = {}
-    started = time.perf_counter()
+    watch = Stopwatch()
     load = _CachedLoader()
     chosen = _choose_ncct_and_cta(study_dir, rules, load)
     # The CTA first: its NCCT may be being prepared meanwhile (pipeline/worker.py).
-    t = time.perf_counter()
     # Only ever used resampled onto the model's grid: averaged to its finest spacing as it
     # is decoded (a quarter of the memory and of the work that follows for a 512 x 512 CTA).
-    cta = _load(load, chosen.cta_paths, min(fine_grid(size).spacing))
-    timings["load"] = time.perf_counter() - t
+    with timed(timings, "load"):
+        cta = _load(load, chosen.cta_paths, min(fine_grid(size).spacing))
     ncct = _ncct_half(chosen, load, ncct_cache, method, size, min_similarity, timings)
     reasons = [*chosen.reasons, *ncct.reasons]
     reasons += [f"CTA: {c}" for c in cta.corrections]
@@ -211,10 +208,9 @@ def prepare(
     del cta
     load.forget(chosen.cta_paths)
 
-    t = time.perf_counter()
-    tensor = _tensor(registration, fine_grid(size))
-    timings["tensor"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - started
+    with timed(timings, "tensor"):
+        tensor = _tensor(registration, fine_grid(size))
+    timings["total"] = watch.total()
     qc: dict[str, Any] = {
         "head": ncct.head,
         "brain_volume_ml": round(registration.brain_volume_ml, 1),
@@ -298,18 +294,16 @@ def _ncct_half(
         key = ncct_signature(
             chosen.ncct_paths, series_instance_uid=chosen.ncct_uid, method=method, size=size
         )
-        t = time.perf_counter()
-        ncct = ncct_cache.wait(chosen.study_uid, key, NCCT_WAIT_SECONDS)
-        timings["ncct_wait"] = time.perf_counter() - t
+        with timed(timings, "ncct_wait"):
+            ncct = ncct_cache.wait(chosen.study_uid, key, NCCT_WAIT_SECONDS)
         if ncct is not None and ncct.registration.similarity < min_similarity:
             ncct = None  # prepared under a lower [imaging] min_registration_similarity
     timings["ncct_cached"] = float(ncct is not None)
     if ncct is not None:  # the seconds its preparation took, before this call
         timings["ncct_ahead"] = round(sum(ncct.timings.values()), 3)
         return ncct
-    t = time.perf_counter()
-    volume = _load(load, chosen.ncct_paths)
-    timings["load"] += time.perf_counter() - t
+    with timed(timings, "load"):
+        volume = _load(load, chosen.ncct_paths)
     ncct = prepare_ncct(volume, method=method, size=size, min_similarity=min_similarity)
     timings.update(ncct.timings)  # a cached NCCT's were spent before the job
     del volume
@@ -323,13 +317,12 @@ def _cta_half(
     ncct: PreparedNcct, cta: Volume, timings: dict[str, float]
 ) -> tuple[Registration, dict[str, float]]:
     """CTA -> NCCT on top of the NCCT's half, and the brain coverage of both series."""
-    t = time.perf_counter()
-    # One Frame of Reference (one session): the rigid search starts where the CTA lies.
-    same_frame = bool(ncct.frame_of_reference_uid) and (
-        ncct.frame_of_reference_uid == cta.frame_of_reference_uid
-    )
-    registration = register_cta(ncct.registration, cta.hu, cta.affine, same_frame=same_frame)
-    timings["registration"] = timings.get("registration", 0.0) + time.perf_counter() - t
+    with timed(timings, "registration"):
+        # One Frame of Reference (one session): the rigid search starts where the CTA lies.
+        same_frame = bool(ncct.frame_of_reference_uid) and (
+            ncct.frame_of_reference_uid == cta.frame_of_reference_uid
+        )
+        registration = register_cta(ncct.registration, cta.hu, cta.affine, same_frame=same_frame)
     timings.update({f"registration.{k}": v for k, v in registration.timings.items()})
     coverage = {
         "ncct": ncct.coverage,

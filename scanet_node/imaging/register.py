@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +47,8 @@ from scanet_node.imaging.brain import (
     voxel_sizes,
 )
 from scanet_node.imaging.template import HU_BACKGROUND, CtTemplate, Grid, load_template
+from scanet_node.imaging.thresholds import MIN_SIMILARITY
+from scanet_node.timing import Stopwatch, timed
 
 if TYPE_CHECKING:
     import ants  # type: ignore[import-untyped,unused-ignore]
@@ -66,10 +67,6 @@ REGISTRATION_NCCT_WINDOW_HU = (0.0, 100.0)
 REGISTRATION_CTA_WINDOW_HU = (0.0, 150.0)  # arteries clip at 150 with the inner table
 HEAD_MARGIN_MM = 5.0
 SIMILARITY_MARGIN_MM = 6.0
-# Calibrated on synthetic studies: correct registrations score 0.92 (512 x 512) and 0.86
-# (128 x 128); the true pose shifted by 5 mm 0.72-0.77, by 10 mm 0.57-0.61, rotated by 10 degrees
-# 0.72-0.77, by 20 degrees 0.53-0.56. Real heads will score lower than synthetic ones: recheck.
-MIN_SIMILARITY = 0.7
 DEFAULT_SEED = 20240101
 
 #: ants.registration options of the CTA -> NCCT rigid stage (levels at 8, 4, 2 mm; sigmas
@@ -740,31 +737,29 @@ def register_ncct(
 ) -> NcctRegistration:
     """The NCCT's half of :func:`register`: NCCT -> template, and the NCCT on ``grid``."""
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     na = np.asarray(ncct_affine, dtype=np.float64)
     tmpl = template if template is not None else load_template()
     out_grid = grid if grid is not None else tmpl.grid
     if brain is None:
         brain = extract_brain(ncct_hu, na)
-        timings["brain_extraction"] = _lap(t0)
-    t = time.perf_counter()
-    fit = register_ncct_to_template(
-        ncct_hu, na, brain.brain, template=tmpl, method=method, seed=seed
-    )
-    timings["ncct_to_template"] = _lap(t)
+        timings["brain_extraction"] = round(watch.total(), 3)
+    with timed(timings, "ncct_to_template", ndigits=3):
+        fit = register_ncct_to_template(
+            ncct_hu, na, brain.brain, template=tmpl, method=method, seed=seed
+        )
     logger.info("registration to the template: similarity %.3f", fit.similarity)
     if min_similarity is not None and fit.similarity < min_similarity:
         raise RegistrationError(
             "registration_dissimilar",
             f"similarity to the template {fit.similarity:.3f} is below {min_similarity:.3f}",
         )
-    t = time.perf_counter()
-    target = rigid_target(ncct_hu, na, brain.cavity | brain.skull)
-    ncct_out = fit.transform.to_template(ncct_hu, na, out_grid)
-    mask_out = fit.transform.to_template(
-        brain.brain.astype(np.float32), na, out_grid, fill=0.0, antialias=False
-    )
-    timings["resample_ncct"] = _lap(t)
+    with timed(timings, "resample_ncct", ndigits=3):
+        target = rigid_target(ncct_hu, na, brain.cavity | brain.skull)
+        ncct_out = fit.transform.to_template(ncct_hu, na, out_grid)
+        mask_out = fit.transform.to_template(
+            brain.brain.astype(np.float32), na, out_grid, fill=0.0, antialias=False
+        )
     return NcctRegistration(
         transform=fit.transform,
         grid=out_grid,
@@ -788,15 +783,13 @@ def register_cta(
     """The CTA's half of :func:`register`: CTA -> NCCT (rigid; ``same_frame``: see
     :func:`register_cta_to_ncct`), and the CTA on the grid."""
     timings = dict(ncct.timings)
-    t = time.perf_counter()
-    cta_to_ncct = register_cta_to_ncct(
-        cta_hu, cta_affine, ncct.rigid_target, same_frame=same_frame, seed=seed
-    )
-    timings["cta_to_ncct"] = _lap(t)
+    with timed(timings, "cta_to_ncct", ndigits=3):
+        cta_to_ncct = register_cta_to_ncct(
+            cta_hu, cta_affine, ncct.rigid_target, same_frame=same_frame, seed=seed
+        )
     transform = replace(ncct.transform, cta_to_ncct=cta_to_ncct)
-    t = time.perf_counter()
-    cta_out = transform.to_template(cta_hu, np.asarray(cta_affine), ncct.grid, source="cta")
-    timings["resample_cta"] = _lap(t)
+    with timed(timings, "resample_cta", ndigits=3):
+        cta_out = transform.to_template(cta_hu, np.asarray(cta_affine), ncct.grid, source="cta")
     return _registration(ncct, transform, cta_out, timings)
 
 
@@ -868,7 +861,7 @@ def register(
         ``registration_dissimilar`` (see ``min_similarity``), ``non_orthogonal_grid`` for a
         sheared (gantry-tilted) volume that was not resampled first.
     """
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     half = register_ncct(
         ncct_hu,
         ncct_affine,
@@ -885,7 +878,7 @@ def register(
         if cta_affine is None:
             raise ValueError("a CTA needs its affine")
         registration = register_cta(half, cta_hu, cta_affine, same_frame=cta_same_frame, seed=seed)
-    registration.timings["total"] = _lap(t0)
+    registration.timings["total"] = round(watch.total(), 3)
     return registration
 
 
@@ -914,7 +907,3 @@ def _write_matrix(matrix: FloatArray, path: str) -> None:
         offset=matrix[:3, 3],
     )
     ants.write_transform(transform, path)
-
-
-def _lap(since: float) -> float:
-    return round(time.perf_counter() - since, 3)

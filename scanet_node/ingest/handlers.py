@@ -19,16 +19,14 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import encode_file_meta
 
 from scanet_node.catalog import Catalog, InstanceRecord, RecordOutcome, utcnow
+from scanet_node.dicom_status import Status, label
 from scanet_node.errors import IngestError
 from scanet_node.ingest.parse import Identity, decode_elements, identify
-from scanet_node.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
+from scanet_node.ingest.spool import Spool
 from scanet_node.ingest.uids import check_uid
 
 logger = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_CONFLICT = 0xC222
-STATUS_PROCESSING_FAILURE = 0xC211
 #: Ended associations kept in memory for the admin page.
 RECENT_ASSOCIATIONS = 50
 
@@ -36,7 +34,7 @@ RECENT_ASSOCIATIONS = 50
 def failure(status: int, reason: str) -> Dataset:
     """A C-STORE response status with its Error Comment (LO, at most 64 characters)."""
     rsp = Dataset()
-    rsp.Status = status
+    rsp.Status = int(status)
     rsp.ErrorComment = reason[:64]
     return rsp
 
@@ -236,7 +234,7 @@ class StoreService:
     # -- DIMSE services ----------------------------------------------------
     def handle_echo(self, event: Any) -> int:
         """C-ECHO: always success."""
-        return STATUS_SUCCESS
+        return Status.SUCCESS
 
     def handle_store(self, event: Any) -> int | Dataset:
         """C-STORE: keep the instance durably and catalogue it, or answer why not."""
@@ -245,18 +243,21 @@ class StoreService:
             status = self._store(event)
         except Exception:
             logger.exception("unexpected failure while storing an instance")
-            status = failure(STATUS_PROCESSING_FAILURE, "Processing failure in the node")
+            status = failure(Status.PROCESSING_FAILURE, "Processing failure in the node")
         code = status if isinstance(status, int) else int(status.Status)
-        if code != STATUS_SUCCESS:
-            counted = ("refused", f"0x{code:04X}")
+        if code != Status.SUCCESS:
+            counted = ("refused", label(code))
         else:
-            counted = ("duplicate" if self._store_call.duplicate else "stored", "0x0000")
+            counted = (
+                "duplicate" if self._store_call.duplicate else "stored",
+                label(Status.SUCCESS),
+            )
         moved_on: list[str] = []
         with self._lock:
             self._instance_counts[counted] += 1
             stats = self._stats.get(event.assoc)
             if stats is not None:
-                if status == STATUS_SUCCESS:
+                if status == Status.SUCCESS:
                     stats.stored += 1
                     series = self._store_call.series_uid
                     previous, stats.current = stats.current, series
@@ -306,17 +307,17 @@ class StoreService:
             outcome = self.catalog.record_instance(record)
         except Exception:
             logger.exception("catalog commit failed for instance %s", ident.sop_instance_uid)
-            return failure(STATUS_OUT_OF_RESOURCES, "Out of resources: catalog unavailable")
+            return failure(Status.OUT_OF_RESOURCES, "Out of resources: catalog unavailable")
         if outcome.conflict:
             self.spool.discard(relative)
             logger.warning("refused instance %s: %s", ident.sop_instance_uid, outcome.conflict)
-            return failure(STATUS_CONFLICT, outcome.conflict)
+            return failure(Status.CONFLICT, outcome.conflict)
 
         # The same SOP Instance UID again: a resend, refreshed in place (not a new instance).
         self._store_call.duplicate = not outcome.new_instance
         self._store_call.series_uid = ident.series_instance_uid
         _log_arrival(ident, outcome, calling_aet)
-        return STATUS_SUCCESS
+        return Status.SUCCESS
 
 
 def _instance_record(

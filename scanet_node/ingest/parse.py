@@ -19,14 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from scanet_node.dicom_status import Status
 from scanet_node.errors import IngestError
 from scanet_node.ingest.uids import check_uid
 
 logger = logging.getLogger(__name__)
 
-STATUS_CANNOT_DECODE = 0xC210
-STATUS_MISMATCH_SOP_CLASS = 0xA900
-STATUS_MISMATCH_SOP_INSTANCE = 0xC221
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
@@ -66,9 +64,9 @@ def decode_elements(encoded: bytes, transfer_syntax: str) -> Dataset:
         try:
             encoded = zlib.decompressobj(-zlib.MAX_WBITS).decompress(encoded)
         except zlib.error as exc:
-            raise IngestError(STATUS_CANNOT_DECODE, "Cannot decode: bad deflate stream") from exc
+            raise IngestError(Status.CANNOT_DECODE, "Cannot decode: bad deflate stream") from exc
     if not tsyntax.is_transfer_syntax:
-        raise IngestError(STATUS_CANNOT_DECODE, "Cannot decode: unknown transfer syntax")
+        raise IngestError(Status.CANNOT_DECODE, "Cannot decode: unknown transfer syntax")
     fp = BytesIO(encoded)
     elements: dict[Any, Any] = {}
     end = 0
@@ -82,18 +80,18 @@ def decode_elements(encoded: bytes, transfer_syntax: str) -> Dataset:
                 and len(raw.value) != raw.length
             ):
                 raise IngestError(
-                    STATUS_CANNOT_DECODE, f"Cannot decode: element {raw.tag} is truncated"
+                    Status.CANNOT_DECODE, f"Cannot decode: element {raw.tag} is truncated"
                 )
             elements[raw.tag] = raw
             end = fp.tell()
     except IngestError:
         raise
     except Exception as exc:  # pydicom raises many types on garbage
-        raise IngestError(STATUS_CANNOT_DECODE, f"Cannot decode: {type(exc).__name__}") from exc
+        raise IngestError(Status.CANNOT_DECODE, f"Cannot decode: {type(exc).__name__}") from exc
     if not elements:
-        raise IngestError(STATUS_CANNOT_DECODE, "Cannot decode: empty dataset")
+        raise IngestError(Status.CANNOT_DECODE, "Cannot decode: empty dataset")
     if end != len(encoded):
-        raise IngestError(STATUS_CANNOT_DECODE, "Cannot decode: dataset ends inside an element")
+        raise IngestError(Status.CANNOT_DECODE, "Cannot decode: dataset ends inside an element")
     return Dataset(elements)
 
 
@@ -170,11 +168,11 @@ def identify(ds: Dataset, affected_sop_class: str, affected_sop_instance: str) -
     sop_class = check_uid(_get(ds, "SOPClassUID"), "SOPClassUID")
     if sop_class != str(affected_sop_class).rstrip("\x00 "):
         raise IngestError(
-            STATUS_MISMATCH_SOP_CLASS, "SOPClassUID differs from Affected SOP Class UID"
+            Status.MISMATCH_SOP_CLASS, "SOPClassUID differs from Affected SOP Class UID"
         )
     if sop_instance != str(affected_sop_instance).rstrip("\x00 "):
         raise IngestError(
-            STATUS_MISMATCH_SOP_INSTANCE, "SOPInstanceUID differs from Affected SOP Instance UID"
+            Status.MISMATCH_SOP_INSTANCE, "SOPInstanceUID differs from Affected SOP Instance UID"
         )
     return Identity(
         study_instance_uid=study,

@@ -20,12 +20,12 @@ import threading
 import uuid
 from pathlib import Path
 
+from scanet_node.dicom_status import Status
 from scanet_node.errors import IngestError, SpoolError
 from scanet_node.ingest.uids import check_uid
 
 logger = logging.getLogger(__name__)
 
-STATUS_OUT_OF_RESOURCES = 0xA700
 TMP_DIR = ".tmp"
 CACHE_DIR = ".cache"
 
@@ -169,7 +169,7 @@ class Spool:
         """
         size = sum(len(part) for part in parts)
         if not self.has_room(size):
-            raise IngestError(STATUS_OUT_OF_RESOURCES, "Out of resources: spool disk nearly full")
+            raise IngestError(Status.OUT_OF_RESOURCES, "Out of resources: spool disk nearly full")
         target = self.root / relative
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
@@ -193,7 +193,7 @@ class Spool:
             else:
                 reason = f"Out of resources: cannot write spool ({name})"
             logger.error("spool write failed: %s", reason)
-            raise IngestError(STATUS_OUT_OF_RESOURCES, reason) from exc
+            raise IngestError(Status.OUT_OF_RESOURCES, reason) from exc
         return size
 
     def discard(self, relative: str) -> None:

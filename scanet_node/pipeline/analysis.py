@@ -26,6 +26,7 @@ from scanet_node import __version__
 from scanet_node.catalog.jobs import JobInfo, JobQueue
 from scanet_node.catalog.models import JobOutcome, MissingSeries
 from scanet_node.config import Settings
+from scanet_node.timing import timed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -204,14 +205,13 @@ def _analyse_pair(
             detail=exc.detail,
         )
     _add_prepare_timings(timings, model_input.timings)
-    tic = time.perf_counter()
-    prediction = predictor.predict(model_input)
-    timings["infer"] = time.perf_counter() - tic
-    tic = time.perf_counter()
-    attention = prediction.attention_volume(predictor.input_size)
-    shown = _overlays(model_input, prediction, attention, inputs, settings.results.overlay_slices)
-    point, point_slab = model_input.attention_point(attention)
-    timings["overlay"] = time.perf_counter() - tic
+    with timed(timings, "infer"):
+        prediction = predictor.predict(model_input)
+    with timed(timings, "overlay"):
+        attention = prediction.attention_volume(predictor.input_size)
+        slabs = settings.results.overlay_slices
+        shown = _overlays(model_input, prediction, attention, inputs, slabs)
+        point, point_slab = model_input.attention_point(attention)
     descriptors.update(_descriptors(model_input, inputs, prediction.probability))
     return AnalysisResult(
         status=JobOutcome.ANALYSED,

@@ -28,6 +28,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from scanet_node.dicom_status import (
+    CANNOT_UNDERSTAND_CODES,
+    MISMATCH_SOP_CLASS_CODES,
+    OUT_OF_RESOURCES_CODES,
+    WARNING_CODES,
+    Status,
+    label,
+)
 from scanet_node.errors import ScanetError
 
 if TYPE_CHECKING:
@@ -41,12 +49,18 @@ MAX_CONTEXTS = 128
 #: C-STORE statuses that mean "stored". 0x0111 (Duplicate SOP Instance) is not a C-STORE
 #: status in PS3.4, but some archives answer it to a resend: they already hold the instance,
 #: and our result UIDs are deterministic, so it is the same object.
-_STORED = {0x0000, 0x0001, 0x0107, 0x0111, 0x0116}
+_STORED = {
+    Status.SUCCESS,
+    Status.WARNING_OPTIONAL_ATTRIBUTES,
+    Status.ATTRIBUTE_LIST_ERROR,
+    Status.DUPLICATE_SOP_INSTANCE,
+    Status.ATTRIBUTE_VALUE_OUT_OF_RANGE,
+}
 
 #: Failures outside the 0xA9xx and 0xCxxx ranges that a retry cannot fix: invalid object
 #: instance, no such SOP class. 0xA7xx (out of resources) and unknown codes (0x0110
 #: processing failure, ...) are retried until the give-up time.
-_PERMANENT_CODES = {0x0117, 0x0118}
+_PERMANENT_CODES = {Status.INVALID_OBJECT_INSTANCE, Status.NO_SUCH_SOP_CLASS}
 
 #: A-ASSOCIATE-RJ result codes (PS3.8 9.3.4).
 _REJECTED_PERMANENT = 1
@@ -143,13 +157,17 @@ def classify_store_status(code: int) -> StoreFailure | None:
     authorised), 0xA9xx (data set does not match SOP class) and 0xCxxx (cannot understand)
     are permanent; other failures are treated as transient.
     """
-    if code in _STORED or 0xB000 <= code <= 0xBFFF:
+    if code in _STORED or code in WARNING_CODES:
         return None
-    if 0xA700 <= code <= 0xA7FF:
+    if code in OUT_OF_RESOURCES_CODES:
         return StoreFailure("refused", False)
-    if code in (0x0122, 0x0124):
+    if code in (Status.SOP_CLASS_NOT_SUPPORTED, Status.NOT_AUTHORIZED):
         return StoreFailure("refused", True)
-    if code in _PERMANENT_CODES or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF:
+    if (
+        code in _PERMANENT_CODES
+        or code in MISMATCH_SOP_CLASS_CODES
+        or code in CANNOT_UNDERSTAND_CODES
+    ):
         return StoreFailure("failed", True)
     return StoreFailure("failed", False)
 
@@ -539,7 +557,7 @@ def _store_failure(
     return _Failure(
         verdict.status,
         f"{where} answered C-STORE of a {_sop_name(str(ds.SOPClassUID))} "
-        f"with 0x{code:04X}" + (f" ({comment})" if comment else ""),
+        f"with {label(code)}" + (f" ({comment})" if comment else ""),
         verdict.permanent,
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUCCESS = 0x0000
+from scanet_node.dicom_status import Status
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class EchoResult:
     @property
     def ok(self) -> bool:
         """The peer answered the C-ECHO with Success."""
-        return self.status == SUCCESS
+        return self.status == Status.SUCCESS
 
 
 def echo(host: str, port: int, *, calling_aet: str, called_aet: str, timeout: float) -> EchoResult:

@@ -12,7 +12,6 @@ line integrals of attenuation across the head.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -21,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanet_node.synth.scanner_geometry import HEAD_SEMI_AXES_MM, Pose, SeriesGeometry
+from scanet_node.timing import Stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +124,6 @@ def _binomial_blur(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         upper = np.take(padded, range(2, n + 2), axis=axis)
         out = np.asarray((lower + upper + 2 * out) * np.float32(0.25), dtype=np.float32)
     return out
-
-
-def _lap(since: float) -> tuple[float, float]:
-    """Seconds since ``since``, and now."""
-    now = time.perf_counter()
-    return now - since, now
 
 
 @dataclass
@@ -275,31 +269,31 @@ class SliceRenderer:
     def render(self, index: int, rng: np.random.Generator) -> HUArray:
         """Slice ``index`` in HU (int16), with noise drawn from ``rng``."""
         g = self.geometry
-        clock = time.perf_counter()
+        watch = Stopwatch()
         origin = self._origin(index)
         coarse = np.full(self._coarse_shape, AIR_HU, dtype=np.float32)
         keep = self._near_tissue(origin)
         coarse.flat[self._coarse_flat[keep]] = self._sample_slab(self._coarse_points[keep], origin)
-        sample_s, clock = _lap(clock)
+        sample_s = watch.lap()
         if self._factor == 1:
             noise = _binomial_blur(rng.standard_normal(coarse.shape, dtype=np.float32))
             image = coarse + noise * np.float32(g.noise_hu / 0.375)
-            noise_s, clock = _lap(clock)
+            noise_s = watch.lap()
         else:
             # Coarse white noise, upsampled with the image, is correlated over ~2 pixels.
             noise = rng.standard_normal(coarse.shape, dtype=np.float32)
             noise *= np.float32(g.noise_hu / 0.625)
             image = _upsample2(coarse + noise)
-            noise_s, clock = _lap(clock)
+            noise_s = watch.lap()
             if self._refine:
                 self._refine_vessels(image, coarse, noise, origin)
-            refine_s, clock = _lap(clock)
+            refine_s = watch.lap()
             sample_s += refine_s
         np.clip(image, MIN_HU, MAX_HU, out=image)
         np.rint(image, out=image)
         out = image.astype(np.int16)
         out.flat[self._outside] = PADDING_HU
-        finish_s, clock = _lap(clock)
+        finish_s = watch.lap()
         self.stats.slices += 1
         self.stats.sample_s += sample_s
         self.stats.noise_s += noise_s + finish_s

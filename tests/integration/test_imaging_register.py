@@ -26,6 +26,7 @@ from scanet_node.imaging import register as register_mod
 from scanet_node.imaging import series as imaging_series
 from scanet_node.imaging.brain import BrainExtractionError, extract_brain, extract_cta_brain
 from scanet_node.imaging.template import HU_BACKGROUND, Grid, load_template
+from scanet_node.imaging.thresholds import MIN_SIMILARITY
 from scanet_node.synth.cohort import plan_study, write_study
 
 ants = pytest.importorskip("ants", reason="antspyx is not installed")
@@ -275,7 +276,7 @@ def test_registered_volumes_land_on_the_template(
     for study, reg in zip(small_studies, registered, strict=True):
         assert reg.grid == tmpl.grid
         assert reg.ncct.shape == reg.cta.shape == reg.brain_mask.shape == tmpl.grid.shape
-        assert reg.similarity >= register_mod.MIN_SIMILARITY
+        assert reg.similarity >= MIN_SIMILARITY
         dice = (
             2
             * (reg.brain_mask & tmpl.brain_mask).sum()
@@ -340,7 +341,7 @@ def test_misregistration_is_refused_with_a_reason(small_studies: list[Study]) ->
     bad = register_mod.similarity_to_template(
         study.ncct, study.ncct_affine, brain.brain, shifted @ truth
     )
-    assert good >= register_mod.MIN_SIMILARITY > bad
+    assert good >= MIN_SIMILARITY > bad
     with pytest.raises(register_mod.RegistrationError) as refused:
         register_mod.register(study.ncct, study.ncct_affine, brain=brain, min_similarity=0.99)
     assert refused.value.reason == "registration_dissimilar"
@@ -369,7 +370,7 @@ def test_full_size_study_registers_within_the_limits(tmp_path: Path) -> None:
     error, reg = clot_error(study, source="cta")
     assert error <= MEDIAN_LIMIT_MM
     assert time.perf_counter() - started < 60.0
-    assert reg.similarity >= register_mod.MIN_SIMILARITY
+    assert reg.similarity >= MIN_SIMILARITY
 
 
 @pytest.mark.slow
