@@ -183,8 +183,10 @@ def _report(job: JobInfo, deliveries: list[DeliveryInfo], turnaround: float) -> 
     else:
         print(f"not analysable: {job.reason}")
     if job.results_dir is not None:
+        from scanet_node.results.files import OVERLAY_PNG, SUMMARY_PNG
+
         folder = Path(job.results_dir)
-        for name in ("overlay.png", "summary.png"):
+        for name in (OVERLAY_PNG, SUMMARY_PNG):
             if (folder / name).is_file():
                 print(f"{name:12}  {folder / name}")
         print(f"results      {folder}")

@@ -35,7 +35,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydicom.uid import (
     UID,
@@ -44,6 +44,7 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
+from scanet_node.catalog.models import Role
 from scanet_node.config import ImagingSettings
 from scanet_node.imaging.thresholds import (
     CTA_MAX_SLICE_THICKNESS_MM,
@@ -52,8 +53,6 @@ from scanet_node.imaging.thresholds import (
     NCCT_MAX_SLICE_THICKNESS_MM,
     NCCT_MAX_VESSEL_FRACTION,
 )
-
-Role = Literal["ncct", "cta", "other"]
 
 CT_IMAGE_SOP_CLASSES: Final = frozenset(
     {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
@@ -425,14 +424,16 @@ def _image_says(image: ImageEvidence, rules: ClassificationRules) -> Role | None
     if image.intracranial_ml < MIN_INTRACRANIAL_ML:
         return None
     if image.vessel_fraction >= rules.cta_min_vessel_fraction:
-        return "cta"
+        return Role.CTA
     if image.vessel_fraction <= rules.ncct_max_vessel_fraction:
-        return "ncct"
+        return Role.NCCT
     return None
 
 
 def _thickness_refusal(role: Role, facts: SeriesFacts, rules: ClassificationRules) -> str | None:
-    limit = rules.cta_max_slice_thickness_mm if role == "cta" else rules.ncct_max_slice_thickness_mm
+    limit = (
+        rules.cta_max_slice_thickness_mm if role == Role.CTA else rules.ncct_max_slice_thickness_mm
+    )
     if facts.slice_thickness is not None and facts.slice_thickness > limit + 1e-6:
         return (
             f"slice thickness {facts.slice_thickness:g} mm exceeds the {limit:g} mm an "
@@ -446,7 +447,7 @@ def classify_series(facts: SeriesFacts, rules: ClassificationRules | None = None
     rules = rules or ClassificationRules()
     excluded = _exclusion(facts, rules)
     if excluded:
-        return SeriesRole("other", excluded, 0.0)
+        return SeriesRole(Role.OTHER, excluded, 0.0)
     ev = _tag_evidence(facts, rules)
     image = facts.image
     image_role = None if image is None else _image_says(image, rules)
@@ -454,9 +455,9 @@ def classify_series(facts: SeriesFacts, rules: ClassificationRules | None = None
 
     role: Role | None
     if ev.strong_cta and not ev.strong_ncct:
-        role, why, score = "cta", list(ev.strong_cta), 1.0 if len(ev.strong_cta) > 1 else 0.9
+        role, why, score = Role.CTA, list(ev.strong_cta), 1.0 if len(ev.strong_cta) > 1 else 0.9
     elif ev.strong_ncct and not ev.strong_cta:
-        role, why = "ncct", list(ev.strong_ncct + ev.weak_ncct)
+        role, why = Role.NCCT, list(ev.strong_ncct + ev.weak_ncct)
         score = 1.0 if len(ev.strong_ncct) > 1 else 0.9
     else:
         role, why, score = None, [], 0.0
@@ -484,16 +485,16 @@ def classify_series(facts: SeriesFacts, rules: ClassificationRules | None = None
     weak: Role | None = None
     if not contradiction:
         if ev.weak_cta and not ev.weak_ncct:
-            weak = "cta"
+            weak = Role.CTA
         elif ev.weak_ncct and not ev.weak_cta:
-            weak = "ncct"
+            weak = Role.NCCT
     if image is not None:
         why = [tags, f"{image_text}, inconclusive"]
         if weak is None:
-            return SeriesRole("other", "; ".join(why), 0.0)
+            return SeriesRole(Role.OTHER, "; ".join(why), 0.0)
         return _finish(weak, why, 0.3, facts, rules)
     if weak is None:
-        return SeriesRole("other", f"{tags}: image check needed", 0.0, needs_image_check=True)
+        return SeriesRole(Role.OTHER, f"{tags}: image check needed", 0.0, needs_image_check=True)
     return _finish(weak, [tags, "provisional until an image check"], 0.4, facts, rules, True)
 
 
@@ -507,7 +508,9 @@ def _finish(
 ) -> SeriesRole:
     refused = _thickness_refusal(role, facts, rules)
     if refused:
-        return SeriesRole("other", f"{role.upper()} evidence ({'; '.join(why)}) but {refused}", 0.0)
+        return SeriesRole(
+            Role.OTHER, f"{role.upper()} evidence ({'; '.join(why)}) but {refused}", 0.0
+        )
     return SeriesRole(role, f"{role.upper()}: {'; '.join(why)}", score, needs_image_check)
 
 
@@ -581,7 +584,7 @@ def select_series(
         reasons.append(f"{series_label(uid, facts)}: {role.reason}")
     facts_of = dict(candidates)
     chosen: dict[str, str | None] = {}
-    for wanted in ("ncct", "cta"):
+    for wanted in (Role.NCCT, Role.CTA):
         ranked = sorted(
             (
                 (uid, _rank(facts_of[uid], roles[uid], rules))
@@ -593,7 +596,7 @@ def select_series(
         name = wanted.upper()
         if not ranked:
             chosen[wanted] = None
-            waiting = sum(r.needs_image_check and r.role == "other" for r in roles.values())
+            waiting = sum(r.needs_image_check and r.role == Role.OTHER for r in roles.values())
             note = f" ({waiting} series await an image check)" if waiting else ""
             reasons.append(f"no {name}: no series qualified{note}")
             continue
@@ -609,4 +612,4 @@ def select_series(
         if others:
             line += " over " + ", ".join(others)
         reasons.append(line)
-    return Selection(chosen["ncct"], chosen["cta"], tuple(reasons), roles)
+    return Selection(chosen[Role.NCCT], chosen[Role.CTA], tuple(reasons), roles)

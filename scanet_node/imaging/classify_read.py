@@ -18,6 +18,7 @@ from typing import Any, Final
 import numpy as np
 from pydicom.dataset import Dataset
 
+from scanet_node.catalog.models import Role
 from scanet_node.errors import ImagingError
 from scanet_node.imaging.classify import (
     VESSEL_HU,
@@ -270,12 +271,12 @@ def classify_files(paths: Sequence[Path], rules: ClassificationRules | None = No
     from pydicom import dcmread
 
     if not paths:
-        return SeriesRole("other", "the series has no instances", 0.0)
+        return SeriesRole(Role.OTHER, "the series has no instances", 0.0)
     rules = rules or ClassificationRules()
     try:
         header = dcmread(paths[0], stop_before_pixels=True)
     except Exception as exc:  # tolerant when reading
-        return SeriesRole("other", f"header unreadable: {exc}", 0.0)
+        return SeriesRole(Role.OTHER, f"header unreadable: {exc}", 0.0)
     frames = header.get("NumberOfFrames")
     images = None if frames is None else int(frames) * len(paths)
     facts = facts_from_header(header, len(paths), images)
@@ -283,5 +284,5 @@ def classify_files(paths: Sequence[Path], rules: ClassificationRules | None = No
         facts = _with_image_check(facts, paths, rules, load_series)
     except ImagingError as exc:
         reason = classify_series(facts, rules).reason
-        return SeriesRole("other", f"{reason}; image check impossible: {exc}", 0.0)
+        return SeriesRole(Role.OTHER, f"{reason}; image check impossible: {exc}", 0.0)
     return classify_series(facts, rules)

@@ -22,6 +22,7 @@ from typing import Any
 from scanet_node.catalog import Catalog, SettledSeries, utcnow
 from scanet_node.catalog.jobs import JobInfo, JobQueue
 from scanet_node.catalog.models import Role
+from scanet_node.catalog.store import SettleReason
 from scanet_node.config import RetentionSettings
 from scanet_node.imaging.classify import ClassificationRules
 from scanet_node.pipeline.retention import run_retention
@@ -46,7 +47,7 @@ def sweep_settled(
             s.series_instance_uid,
             s.modality,
             s.num_instances,
-            "sender done" if s.why == "released" else "quiet",
+            "sender done" if s.why == SettleReason.RELEASED else "quiet",
             extra={"study_uid": s.study_instance_uid, "series_uid": s.series_instance_uid},
         )
     return settled
@@ -64,7 +65,7 @@ def classify_settled(queue: JobQueue, spool_root: Path, rules: ClassificationRul
             "study %s: series %s is %s",
             series.study_instance_uid,
             series.series_instance_uid,
-            role.role.upper() if Role(role.role) != Role.OTHER else "not used",
+            role.role.upper() if role.role != Role.OTHER else "not used",
             extra={"study_uid": series.study_instance_uid},
         )
     return len(pending)
