@@ -425,7 +425,9 @@ def train_final(
         intended_use=_intended_use(synthetic),
         synthetic=synthetic,
     )
-    card.reference = training_reference(result.model, cohort, settings)
+    card.reference = training_reference(
+        result.model, cohort, batch_size=settings.batch_size, cpu_bf16=settings.cpu_bf16
+    )
     save_checkpoint(out_path, result.model, card)
     out_path.with_name(f"state-final-{kind}.pt").unlink(missing_ok=True)
     return out_path
@@ -504,7 +506,9 @@ def _intended_use(synthetic: bool) -> str:
     )
 
 
-def training_reference(model: Any, cohort: Cohort, settings: TrainSettings) -> dict[str, Any]:
+def training_reference(
+    model: Any, cohort: Cohort, *, batch_size: int = 8, cpu_bf16: bool = False
+) -> dict[str, Any]:
     """The cohort's descriptors and the trained model's predictions on it: the card's drift
     reference (``monitoring.drift``)."""
     from scanet_node.imaging.model_input import (
@@ -514,7 +518,7 @@ def training_reference(model: Any, cohort: Cohort, settings: TrainSettings) -> d
     from scanet_node.monitoring.reference import cohort_reference
 
     probabilities = predict(
-        model, cohort.inputs, batch_size=settings.batch_size, cpu_bf16=settings.cpu_bf16
+        model, cohort.inputs, batch_size=batch_size, cpu_bf16=cpu_bf16
     ).probabilities
     return cohort_reference(
         cohort.inputs,

@@ -68,17 +68,18 @@ class Performance:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON (``nan`` becomes ``None``)."""
-        plain: dict[str, Any] = _plain(asdict(self))
+        plain: dict[str, Any] = plain_values(asdict(self))
         return plain
 
 
-def _plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
+    """``value`` with every ``nan`` float, however deep in dicts and lists, as ``None``."""
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_values(v) for v in value]
     return value
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .drift import DESCRIPTORS, PSI_WARN, DescriptorDrift, drift_report
 from .outcomes import POSITIVE_GRADES
-from .performance import Observed, Performance, performance
+from .performance import Observed, Performance, performance, plain_values
 
 #: Drift compares the studies analysed in this many last days with the training reference.
 DRIFT_DAYS = 30
@@ -73,12 +73,7 @@ class MonitoringReport:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON (``nan`` becomes ``None``)."""
-        plain = asdict(self)
-        plain["performance"] = self.performance.as_dict()
-        plain["drift"] = [
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-            for d in plain["drift"]
-        ]
+        plain: dict[str, Any] = plain_values(asdict(self))
         return plain
 
 

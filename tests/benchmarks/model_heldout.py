@@ -123,30 +123,6 @@ def _monitoring_figures(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[
     return {k: round(float(getattr(f, k)), 4) for k in (*names, "calibration_slope")}
 
 
-def _training_reference(checkpoint: Path, train: Any) -> dict[str, Any]:
-    """The drift reference ``train`` would have saved: the training cohort's descriptors and
-    the checkpoint's predictions on it (monitoring.reference)."""
-    from scanet_node.imaging.model_input import (
-        MODEL_INPUT_CTA_WINDOW_HU,
-        MODEL_INPUT_NCCT_WINDOW_HU,
-    )
-    from scanet_node.monitoring.reference import cohort_reference
-
-    predictor = Predictor(checkpoint, device="cpu")
-    probabilities = [
-        p.probability
-        for start in range(0, len(train.inputs), 4)
-        for p in predictor.predict_batch(np.asarray(train.inputs[start : start + 4]))
-    ]
-    return cohort_reference(
-        train.inputs,
-        train.descriptors,
-        probabilities,
-        ncct_window_hu=MODEL_INPUT_NCCT_WINDOW_HU,
-        cta_window_hu=MODEL_INPUT_CTA_WINDOW_HU,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cohort", type=Path, required=True, help="held-out prepared cohort")
@@ -239,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(preparing took {prepared_s:.0f} s; scoring {time.perf_counter() - started:.0f} s)")
     if args.write_card:
         from scanet_node.model.checkpoint import update_card
+        from scanet_node.model.experiment import training_reference
 
         update_card(
             args.checkpoint,
@@ -259,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                     **_monitoring_figures(scanet["probabilities"], y, scanet["threshold"]),
                 }
             },
-            reference=_training_reference(args.checkpoint, train),
+            reference=training_reference(load_checkpoint(args.checkpoint)[0], train, batch_size=4),
         )
         print(
             f"wrote the table and the training cohort's drift reference into the card of "
