@@ -12,7 +12,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -26,8 +26,10 @@ from scanet_node.catalog.models import (
     Study,
 )
 from scanet_node.catalog.store import Catalog, utcnow
-from scanet_node.monitoring.outcomes import OutcomeRow
 from scanet_node.monitoring.report import Record
+
+if TYPE_CHECKING:
+    from scanet_node.monitoring.outcomes import OutcomeRow
 
 
 class Matched(enum.StrEnum):

@@ -21,7 +21,6 @@ from datetime import date
 from pathlib import Path
 
 from ..errors import ScanetError
-from ..ingest.parse import patient_key_of
 
 #: The final mTICI grades, in order. mTICI >= 2c is the model's positive class.
 GRADES = ("0", "1", "2a", "2b", "2c", "3")
@@ -138,6 +137,8 @@ def _row(line: int, cells: list[str], columns: dict[str, int], today: date) -> O
             "no identifier: give the Study Instance UID, the accession number, "
             "or the patient ID with the CT date"
         )
+    from scanet_node.ingest.parse import patient_key_of  # pydicom: only for such rows
+
     key = patient_key_of(cell("issuer_of_patient_id"), patient_id) if patient_id else None
     return OutcomeRow(
         line=line,
